@@ -1,0 +1,96 @@
+"""`Adapter`: the per-model facts the core needs (which modules are self-attention, where text tokens sit, the
+timestep argument). Adapters are data; no model code is copied."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SparseDiffusionError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What sparse-diffusion needs to know about one denoiser family.
+
+    Attributes:
+        family: short name shown in reports (`"wan"`, `"cogvideox"`, `"flux"`, `"generic"`).
+        transformer_classes: class names of the denoisers this adapter serves.
+        self_attention: regex matched with `re.fullmatch` against module names inside the denoiser; matching modules
+            are the accelerated self-attention layers.
+        text_position: where joint text tokens sit in those layers' sequence (`"first"`, `"last"`) or `None`.
+        text_kwarg: forward argument whose dim 1 is the text length.
+        timestep_kwarg: forward argument holding the timestep.
+        denoiser_components: pipeline attributes holding denoisers of this family.
+        token_layout: one line for the README / report on what is accelerated and what stays dense.
+        match_attention_classes: select modules by diffusers attention class instead of `self_attention`
+            (outermost attention modules only).
+    """
+
+    family: str
+    transformer_classes: tuple[str, ...]
+    self_attention: str
+    text_position: str | None = None
+    text_kwarg: str = "encoder_hidden_states"
+    timestep_kwarg: str = "timestep"
+    denoiser_components: tuple[str, ...] = ("transformer",)
+    token_layout: str = ""
+    match_attention_classes: bool = False
+
+    def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """`(name, module)` of every accelerated self-attention module, in module order.
+
+        Raises:
+            SparseDiffusionError: no module matches (the model does not look like this family).
+        """
+        if self.match_attention_classes:
+            from diffusers.hooks._common import _ATTENTION_CLASSES
+
+            layers = []
+            for name, m in denoiser.named_modules():
+                inside = any(name.startswith(outer + ".") for outer, _ in layers)
+                if name and isinstance(m, _ATTENTION_CLASSES) and not inside:
+                    layers.append((name, m))
+        else:
+            pattern = re.compile(self.self_attention)
+            layers = [(name, m) for name, m in denoiser.named_modules() if name and pattern.fullmatch(name)]
+        if not layers:
+            raise SparseDiffusionError(
+                f"no module of {type(denoiser).__name__} matches the {self.family} self-attention pattern "
+                f"{self.self_attention!r}; is this the right adapter?"
+            )
+        return layers
+
+    def _argument(self, module: torch.nn.Module, name: str, args: tuple, kwargs: dict):
+        if name in kwargs:
+            return kwargs[name]
+        params = [p for p in inspect.signature(module.forward).parameters if p not in ("self",)]
+        if name in params and params.index(name) < len(args):
+            return args[params.index(name)]
+        return None
+
+    def read_timestep(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> float:
+        """The forward's timestep as a float (the max over its entries, so per-token timesteps work).
+
+        Raises:
+            SparseDiffusionError: the forward has no readable timestep argument.
+        """
+        t = self._argument(module, self.timestep_kwarg, args, kwargs)
+        if isinstance(t, torch.Tensor) and t.numel():
+            return float(t.detach().float().max())
+        if isinstance(t, (int, float)):
+            return float(t)
+        raise SparseDiffusionError(
+            f"could not read the timestep argument {self.timestep_kwarg!r} of {type(module).__name__}.forward; "
+            "steps are counted from the timestep progression, so the denoiser must receive it."
+        )
+
+    def text_length(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> int:
+        """Number of joint text tokens in the self-attention sequence of this forward (0 if none)."""
+        if self.text_position is None:
+            return 0
+        text = self._argument(module, self.text_kwarg, args, kwargs)
+        return int(text.shape[1]) if isinstance(text, torch.Tensor) and text.dim() >= 2 else 0

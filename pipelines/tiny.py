@@ -1,0 +1,317 @@
+"""Small, offline, random-weight diffusers pipelines for the demo and the tests.
+
+Every builder assembles a real diffusers pipeline (the same pipeline class, transformer class, VAE
+class and scheduler class as the released models) from tiny configs, so nothing is downloaded and
+the whole denoising loop, including text encoding and VAE decoding, runs on a CPU in seconds. The
+weights are random but deterministic: a given ``seed`` always gives the same weights, and building a
+pipeline does not change the global torch random state (``torch.random.fork_rng`` around the
+seeding). Each component is seeded on its own, so the text encoder and VAE weights do not change
+when only the transformer size changes. The returned pipeline carries
+``pipe._sparse_diffusion_weights = "random"`` so reports can say which weights were used.
+
+Tokenizers are word-level ``tokenizers`` tokenizers wrapped in ``PreTrainedTokenizerFast``. They
+lowercase and split on whitespace and punctuation; the vocabulary (``VOCABULARY``) covers common
+colours, shapes, directions, motions and scene words, and any other word becomes ``<unk>``.
+
+Attention sequence lengths per call (q length; B = batch) with each pipeline's default
+``max_sequence_length`` and default sizes (2 layers, 2 heads, head_dim 64), measured on a 2-core
+CPU in fp32 with ``torch.set_num_threads(2)``. "step" is one denoising step (transformer only, both
+CFG branches); "decode" is the VAE decode that ``output_type="np"`` adds once per call:
+
+=========================  ===============================================  ===========================
+pipeline, size             self/joint attention tokens                      time
+=========================  ===============================================  ===========================
+Wan 64x64, 9 frames        3*4*4 = 48 video tokens; cross-attn keys are     ~6 ms/step; 3 steps with
+                           the 512 padded text tokens; CFG = two B=1        decode ~0.1 s
+                           passes per step
+Wan 256x256, 33 frames     9*16*16 = 2304 video tokens                      ~0.13 s/step; decode ~2.4 s
+CogVideoX 64x64, 9 frames  226 text + 3*4*4 video = 274, text FIRST,        ~7 ms/step; 3 steps with
+                           CFG batched (B=2)                                decode ~0.1 s
+CogVideoX 128x128, 17 fr.  226 + 5*8*8 = 546                                2 steps with decode ~1.0 s
+CogVideoX 256x256, 33 fr.  226 + 9*16*16 = 2530                             ~0.12 s/step; decode ~7.8 s
+Flux 64x64                 512 text + 32*32 image = 1536, text FIRST in     ~30 ms/step; 3 steps with
+                           double and single blocks                         decode ~0.13 s
+Flux 128x128               512 + 64*64 = 4608                               ~0.18 s/step; decode ~0.1 s
+=========================  ===============================================  ===========================
+
+The first pipeline call in a process pays ~3 s of diffusers/transformers imports. Besides the
+transformer, ``F.scaled_dot_product_attention`` is also called by the text encoders (T5/UMT5/CLIP,
+transformers ``sdpa``) and by the VAE mid-block attention, so interception must stay limited to
+hooked transformer modules. Outputs are finite, in [0, 1]; with random weights Wan frames are
+low-contrast (std ~0.07 around 0.5) and a few percent of Flux pixels clip at 0 or 1.
+
+Token arithmetic: Wan and CogVideoX VAEs compress 4x in time (``(F - 1) // 4 + 1`` latent frames)
+and 8x in space, and the transformers patchify 2x2, so a video token covers 16x16 pixels. The Flux
+VAE here has scale factor 1 and the pipeline packs 2x2 latents, so an image token covers 2x2 pixels.
+Wan puts text only in cross-attention (keys/values are the ``max_sequence_length`` padded text
+tokens, 512 by default). CogVideoX needs ``max_sequence_length`` equal to the transformer's
+``max_text_seq_length`` (226, the pipeline default). Flux's text length is ``max_sequence_length``
+(512 by default; pass a smaller value for shorter joint sequences).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from sparse_diffusion.errors import SparseDiffusionError
+
+logger = logging.getLogger(__name__)
+
+_COLOURS = (
+    "red green blue yellow orange purple violet pink black white gray grey brown cyan magenta gold silver "
+    "dark light bright pale colorful colourful"
+)
+_SHAPES = (
+    "circle circles square squares triangle triangles rectangle rectangles star stars ball balls cube cubes "
+    "sphere spheres box boxes line lines dot dots ring rings heart hearts disk shape shapes object objects"
+)
+_DIRECTIONS = (
+    "left right up down upward upwards downward downwards forward forwards backward backwards around across "
+    "towards toward away clockwise counterclockwise diagonally horizontally vertically north south east west "
+    "top bottom center centre middle side corner edge"
+)
+_MOTION = (
+    "moving moves move moved rotating rotates rotate spinning spins spin bouncing bounces bounce falling falls "
+    "fall rising rises rise flying flies fly walking walks walk running runs run jumping jumps jump sliding "
+    "slides slide rolling rolls roll growing grows grow shrinking shrinks shrink floating floats float drifting "
+    "turning turns turn swimming swims flowing flows waving shining glowing"
+)
+_WORDS = (
+    "a an the on in of with and or at to from over under above below into onto through by behind front "
+    "near next beside between is are it its this that while as then slowly quickly slow fast small large big "
+    "tiny huge little smooth sharp soft simple plain background foreground scene video image picture frame "
+    "sky sea ocean water river lake grass field forest tree trees flower flowers mountain mountains hill sun "
+    "moon cloud clouds rain snow fire smoke light night day sunset sunrise city street road car cars train "
+    "boat cat dog bird birds fish horse person man woman child people robot house building room table wall "
+    "floor window camera pan zoom view close shot high quality detailed realistic cinematic style animation "
+    "cartoon one two three four five six seven eight nine ten 0 1 2 3 4 5 6 7 8 9"
+)
+_PUNCTUATION = ", . ! ? ; : - ' \""
+
+#: Words every tiny tokenizer knows (after lowercasing). Anything else maps to ``<unk>``.
+VOCABULARY: tuple[str, ...] = tuple(
+    dict.fromkeys(" ".join((_COLOURS, _SHAPES, _DIRECTIONS, _MOTION, _WORDS, _PUNCTUATION)).split())
+)
+
+# Tiny text-encoder sizes, following diffusers' own pipeline tests.
+_TEXT_DIM = 32
+_T5_KWARGS = dict(d_model=_TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+
+
+def _check_sizes(name: str, num_layers: int, num_heads: int, head_dim: int, seed: int) -> None:
+    for label, value in (("num_layers", num_layers), ("num_heads", num_heads), ("head_dim", head_dim)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SparseDiffusionError(f"{name}: {label}={value!r} must be a positive int, e.g. {label}=2.")
+    if head_dim % 2:
+        raise SparseDiffusionError(
+            f"{name}: head_dim={head_dim} must be even (rotary embeddings pair channels); use e.g. 64."
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SparseDiffusionError(f"{name}: seed={seed!r} must be an int, e.g. seed=0.")
+
+
+def _word_tokenizer(specials: list[str], template: str, model_max_length: int, **special_kwargs):
+    """A lowercasing word-level tokenizer; ``specials`` take ids 0, 1, 2 ... in order."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in VOCABULARY if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    used = [s for s in specials if s in template]
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(s, vocab[s]) for s in used]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **special_kwargs)
+
+
+def _t5_tokenizer():
+    return _word_tokenizer(
+        ["<pad>", "</s>", "<unk>"], "$A </s>", 512, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def _clip_tokenizer():
+    return _word_tokenizer(
+        ["<|startoftext|>", "<|endoftext|>", "<unk>"],
+        "<|startoftext|> $A <|endoftext|>",
+        77,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+
+
+def _vocab_size() -> int:
+    return 3 + len(VOCABULARY)
+
+
+def _seeded(seed: int, offset: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """Builds one component with weights fixed by ``(seed, offset)``, in eval mode."""
+    torch.manual_seed(seed * 1000 + offset)
+    return make().eval()
+
+
+def _t5_encoder(seed: int, offset: int, umt5: bool = False) -> torch.nn.Module:
+    if umt5:
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        return _seeded(seed, offset, lambda: UMT5EncoderModel(UMT5Config(vocab_size=_vocab_size(), **_T5_KWARGS)))
+    from transformers import T5Config, T5EncoderModel
+
+    return _seeded(seed, offset, lambda: T5EncoderModel(T5Config(vocab_size=_vocab_size(), **_T5_KWARGS)))
+
+
+def _mark(pipe):
+    pipe._sparse_diffusion_weights = "random"
+    logger.debug("built tiny %s with random weights", type(pipe).__name__)
+    return pipe
+
+
+def build_tiny_wan_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
+    """Builds a random-weight ``diffusers.WanPipeline`` (Wan 2.1 text-to-video layout), offline, on CPU, fp32.
+
+    Transformer: ``WanTransformer3DModel`` with patch (1, 2, 2), ``num_heads`` heads of ``head_dim``
+    channels, ``num_layers`` blocks, RMS q/k norm across heads, cross-attention norm, 16 latent
+    channels, text dim 32, RoPE table for up to 1024 positions per axis. VAE: tiny
+    ``AutoencoderKLWan`` (4x temporal, 8x spatial compression). Text encoder: tiny
+    ``UMT5EncoderModel``. Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=7.0)``.
+
+    Self-attention sees ``((F - 1) // 4 + 1) * (H // 16) * (W // 16)`` video tokens for ``F``
+    frames of ``H x W`` pixels (H, W multiples of 16, ``F - 1`` a multiple of 4); text enters only
+    through cross-attention. Example: 256x256, 33 frames -> 9*16*16 = 2304 tokens.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_wan_pipeline", num_layers, num_heads, head_dim, seed)
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=16,
+            out_channels=16, text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=2 * num_heads * head_dim,
+            num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        ))
+        text_encoder = _t5_encoder(seed, 3, umt5=True)
+    pipe = WanPipeline(
+        tokenizer=_t5_tokenizer(), text_encoder=text_encoder, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=transformer,
+    )
+    return _mark(pipe)
+
+
+def build_tiny_cogvideox_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
+    """Builds a random-weight ``diffusers.CogVideoXPipeline`` (CogVideoX 1.0 layout), offline, on CPU, fp32.
+
+    Transformer: ``CogVideoXTransformer3DModel`` with 2x2 patches, ``num_heads`` x ``head_dim``,
+    ``num_layers`` blocks, sin-cos position embeddings, 4 latent channels and
+    ``max_text_seq_length=226`` (the pipeline's default ``max_sequence_length``; other values fail in
+    the patch embedding). VAE: tiny ``AutoencoderKLCogVideoX`` (4x temporal, 8x spatial). Text
+    encoder: tiny ``T5EncoderModel``. Scheduler: ``CogVideoXDDIMScheduler`` (v-prediction, trailing
+    spacing, zero-SNR betas, as the released models).
+
+    Joint attention runs over ``226 + ((F - 1) // 4 + 1) * (H // 16) * (W // 16)`` tokens with the
+    226 text tokens FIRST; classifier-free guidance is batched (B = 2). Default call size is
+    64x64 pixels, 9 frames (274 tokens).
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_cogvideox_pipeline", num_layers, num_heads, head_dim, seed)
+    from diffusers import (
+        AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel,
+    )
+
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: CogVideoXTransformer3DModel(
+            num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=4, out_channels=4,
+            time_embed_dim=4, text_embed_dim=_TEXT_DIM, num_layers=num_layers, sample_width=8, sample_height=8,
+            sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKLCogVideoX(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+            down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+            layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        ))
+        text_encoder = _t5_encoder(seed, 3)
+    scheduler = CogVideoXDDIMScheduler(
+        beta_schedule="scaled_linear", clip_sample=False, prediction_type="v_prediction",
+        rescale_betas_zero_snr=True, set_alpha_to_one=True, timestep_spacing="trailing",
+    )
+    pipe = CogVideoXPipeline(
+        tokenizer=_t5_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    return _mark(pipe)
+
+
+def _flux_rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Splits ``head_dim`` into three even RoPE axes (text/index, height, width) that sum to it."""
+    side = 2 * ((3 * head_dim) // 16)
+    return head_dim - 2 * side, side, side
+
+
+def build_tiny_flux_pipeline(
+    *, num_layers: int = 1, num_single_layers: int = 1, num_heads: int = 2, head_dim: int = 64, seed: int = 0
+):
+    """Builds a random-weight ``diffusers.FluxPipeline`` (FLUX.1 layout), offline, on CPU, fp32.
+
+    Transformer: ``FluxTransformer2DModel`` with ``num_layers`` double-stream and
+    ``num_single_layers`` single-stream blocks, ``num_heads`` x ``head_dim``, 4 packed latent
+    channels, RoPE axes that sum to ``head_dim`` (64 -> (16, 24, 24)), no guidance embedding.
+    VAE: one-level ``AutoencoderKL`` (scale factor 1, 1 latent channel). Text encoders: tiny
+    ``CLIPTextModel`` (77 tokens, pooled) and tiny ``T5EncoderModel``. Scheduler:
+    ``FlowMatchEulerDiscreteScheduler``.
+
+    Joint attention runs over ``max_sequence_length + (H // 2) * (W // 2)`` tokens with the text
+    tokens FIRST (512 by default; 64x64 -> 512 + 1024 = 1536). H and W must be even.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd or below 8, or
+            ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_flux_pipeline", num_layers, num_heads, head_dim, seed)
+    _check_sizes("build_tiny_flux_pipeline", num_single_layers, num_heads, head_dim, seed)
+    if head_dim < 8:
+        raise SparseDiffusionError(f"build_tiny_flux_pipeline: head_dim={head_dim} is below 8; use e.g. 64.")
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: FluxTransformer2DModel(
+            patch_size=1, in_channels=4, num_layers=num_layers, num_single_layers=num_single_layers,
+            attention_head_dim=head_dim, num_attention_heads=num_heads, joint_attention_dim=_TEXT_DIM,
+            pooled_projection_dim=_TEXT_DIM, guidance_embeds=False, axes_dims_rope=_flux_rope_axes(head_dim),
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKL(
+            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+            latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5035,
+        ))
+        clip = _seeded(seed, 4, lambda: CLIPTextModel(CLIPTextConfig(
+            hidden_size=_TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            vocab_size=_vocab_size(), projection_dim=_TEXT_DIM, max_position_embeddings=77,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )))
+        t5 = _t5_encoder(seed, 3)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip, tokenizer=_clip_tokenizer(),
+        text_encoder_2=t5, tokenizer_2=_t5_tokenizer(), transformer=transformer,
+    )
+    return _mark(pipe)
+
+
+#: Builder per pipeline kind, for the CLI and the tests.
+TINY_BUILDERS: dict[str, Callable] = {
+    "wan": build_tiny_wan_pipeline,
+    "cogvideox": build_tiny_cogvideox_pipeline,
+    "flux": build_tiny_flux_pipeline,
+}

@@ -1,0 +1,200 @@
+"""`accelerate_pipeline` / `accelerate_model`: pick the adapter, build the controller, install hooks; `SparseHandle`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import SparseAttentionConfig
+from .controller import SparseController
+from .errors import SparseDiffusionError
+from .hooks import install_hooks, remove_hooks
+from .pipelines import Adapter, get_adapter
+from .report import build_report, format_report
+
+
+logger = logging.getLogger(__name__)
+
+_HANDLE_ATTR = "_sparse_diffusion_handle"
+
+
+def count_denoising_steps(timesteps: Any) -> int | None:
+    """Denoising steps in a scheduler's timestep list: runs of equal consecutive values (Heun-type schedulers repeat
+    each inner timestep once, and those repeats are one step)."""
+    if timesteps is None:
+        return None
+    values = [float(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
+    if not values:
+        return None
+    return 1 + sum(1 for a, b in zip(values, values[1:]) if a != b)
+
+
+class SparseHandle:
+    """Handle of an accelerated denoiser: statistics, report, removal. Also a context manager (removes on exit)."""
+
+    def __init__(self, denoiser: torch.nn.Module, controller: SparseController, adapter: Adapter, pipe: Any = None):
+        self.denoiser = denoiser
+        self.controller = controller
+        self.adapter = adapter
+        self._pipe = pipe
+        self.removed = False
+
+    @property
+    def config(self) -> SparseAttentionConfig:
+        return self.controller.config
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.controller.layer_names)
+
+    def report(self) -> dict:
+        """JSON-serialisable statistics since acceleration (or `reset_stats()`): steps, density, kept mass,
+        per-layer and per-head figures, re-plans, fallbacks and attention time per phase. See `report.build_report`."""
+        weights = getattr(self._pipe, "_sparse_diffusion_weights", None)
+        return build_report(self.controller, self.adapter, model_class=type(self.denoiser).__name__, weights=weights)
+
+    def format_report(self) -> str:
+        """The report as a short text table, for logs and bug reports."""
+        return format_report(self.report())
+
+    def save_report(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.report(), indent=2))
+        return path
+
+    def reset(self) -> None:
+        """Drop the current call's state and all cached masks (the next forward starts a new call)."""
+        self.controller.reset()
+
+    def reset_stats(self) -> None:
+        """Clear the accumulated statistics (plans are kept)."""
+        self.controller.stats.clear()
+        self.controller.passthrough.clear()
+        self.controller.runs.clear()
+
+    def remove(self) -> None:
+        """Remove every hook: the denoiser is back to its untouched, bit-identical dense behaviour."""
+        if self.removed:
+            return
+        remove_hooks(self.denoiser)
+        self.controller.reset()
+        if getattr(self.denoiser, _HANDLE_ATTR, None) is self:
+            delattr(self.denoiser, _HANDLE_ATTR)
+        self.removed = True
+
+    def __enter__(self) -> "SparseHandle":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else f"{len(self.controller.layer_names)} layers"
+        return f"SparseHandle({self.adapter.family}, {type(self.denoiser).__name__}, {state})"
+
+
+def _make_config(config: SparseAttentionConfig | None, overrides: dict) -> SparseAttentionConfig:
+    if config is not None and not isinstance(config, SparseAttentionConfig):
+        raise SparseDiffusionError(f"config must be a SparseAttentionConfig or None, got {type(config).__name__}.")
+    config = config or SparseAttentionConfig()
+    return config.replace(**overrides) if overrides else config
+
+
+def _check_not_parallel(denoiser: torch.nn.Module) -> None:
+    parallel = getattr(denoiser, "_parallel_config", None)
+    if parallel is not None:
+        raise SparseDiffusionError(
+            f"{type(denoiser).__name__} is set up for context/sequence parallelism ({parallel}); sparse-diffusion does "
+            "not support it yet. Accelerate a non-parallel model instead."
+        )
+
+
+def _accelerate(
+    denoiser: torch.nn.Module, config: SparseAttentionConfig, adapter: Adapter, total_steps_fn, restart: bool, pipe
+) -> SparseHandle:
+    if not isinstance(denoiser, torch.nn.Module):
+        raise SparseDiffusionError(f"expected a torch.nn.Module denoiser, got {type(denoiser).__name__}.")
+    _check_not_parallel(denoiser)
+    previous = getattr(denoiser, _HANDLE_ATTR, None)
+    if previous is not None:
+        logger.info("sparse-diffusion: %s was already accelerated; replacing the previous configuration", type(denoiser).__name__)
+        previous.remove()
+    layers = adapter.self_attention_layers(denoiser)
+    controller = SparseController(
+        config,
+        [name for name, _ in layers],
+        total_steps_fn,
+        restart_on_timestep_increase=restart,
+        text_position=adapter.text_position,
+    )
+    install_hooks(denoiser, controller, adapter, layers)
+    handle = SparseHandle(denoiser, controller, adapter, pipe)
+    setattr(denoiser, _HANDLE_ATTR, handle)
+    logger.info("sparse-diffusion: accelerating %d %s self-attention layers", len(layers), adapter.family)
+    return handle
+
+
+def accelerate_pipeline(
+    pipe: Any, config: SparseAttentionConfig | None = None, *, adapter: str | Adapter | None = None, **overrides: Any
+) -> SparseHandle:
+    """Accelerate a diffusers pipeline's denoiser with block-sparse self-attention after a dense warm-up.
+
+    Args:
+        pipe: a diffusers pipeline with a supported denoiser in `pipe.transformer` (Wan, CogVideoX, Flux; see the
+            README table) and a scheduler whose `timesteps` give the number of denoising steps.
+        config: `SparseAttentionConfig`; default settings when `None`.
+        adapter: adapter name or instance; looked up from the denoiser class when `None`. `"generic"` accelerates
+            every square, unmasked self-attention call of an unknown model.
+        **overrides: config fields to change, e.g. `dense_steps=10`.
+
+    Returns:
+        `SparseHandle` with `report()` and `remove()`. Calling again on the same pipeline reconfigures it (the old
+        hooks are removed first, never stacked).
+
+    Raises:
+        SparseDiffusionError: no denoiser found, unsupported model (lists supported families), bad config values,
+            context-parallel models.
+    """
+    config = _make_config(config, overrides)
+    denoiser = getattr(pipe, "transformer", None)
+    if not isinstance(denoiser, torch.nn.Module):
+        raise SparseDiffusionError(
+            f"{type(pipe).__name__} has no `transformer` denoiser; for a UNet or a bare model use accelerate_model()."
+        )
+    resolved = get_adapter(denoiser, adapter)
+
+    def total_steps() -> int | None:
+        return count_denoising_steps(getattr(getattr(pipe, "scheduler", None), "timesteps", None))
+
+    return _accelerate(denoiser, config, resolved, total_steps, restart=False, pipe=pipe)
+
+
+def accelerate_model(
+    model: torch.nn.Module,
+    config: SparseAttentionConfig | None = None,
+    *,
+    num_inference_steps: int | None = None,
+    adapter: str | Adapter | None = None,
+    **overrides: Any,
+) -> SparseHandle:
+    """Accelerate a bare denoiser (no pipeline). A call starts at the first forward and whenever the timestep goes
+    up; `handle.reset()` also starts one.
+
+    Args:
+        model: the denoiser module.
+        num_inference_steps: denoising steps per call; needed when `dense_steps` is a fraction.
+
+    Raises:
+        SparseDiffusionError: as `accelerate_pipeline`.
+    """
+    config = _make_config(config, overrides)
+    resolved = get_adapter(model, adapter)
+    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+        raise SparseDiffusionError(f"num_inference_steps={num_inference_steps!r} must be a positive int or None.")
+    return _accelerate(model, config, resolved, lambda: num_inference_steps, restart=True, pipe=None)

@@ -1,0 +1,179 @@
+"""`SparseAttentionConfig`: every knob of the dense warm-up, the mask planner and the backend choice."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SparseDiffusionError
+
+
+POLICIES = ("mass", "topk")
+BACKENDS = ("auto", "triton", "flex", "gather", "reference")
+
+
+def _normalise_block_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise SparseDiffusionError(
+            f"block_size={value!r} is not valid: give an int (square blocks, e.g. 128) or a pair "
+            "(BLOCK_Q, BLOCK_K) of ints in tokens, e.g. (128, 64)."
+        )
+    for v in value:
+        if v < 16 or v > 512 or v % 16:
+            raise SparseDiffusionError(
+                f"block_size={tuple(value)} is not valid: each side must be a multiple of 16 between 16 and 512 "
+                "tokens (64 and 128 are the tested sizes)."
+            )
+    return int(value[0]), int(value[1])
+
+
+@dataclass
+class SparseAttentionConfig:
+    r"""Configuration of block-sparse attention for a diffusers pipeline.
+
+    The method: the first `dense_steps` denoising steps run dense attention; the last of them also measures, per
+    (batch element, head), the exact softmax mass of every (query-block, key-block) tile and the row log-sum-exp
+    (LSE); the planner keeps the fewest key blocks per query block that satisfy `policy`; every later step reuses
+    that cached block mask with a block-sparse kernel (SparseD, arXiv 2509.24014; AdaSpa, arXiv 2502.21079).
+
+    Args:
+        dense_steps (`int` or `float`, defaults to `0.25`):
+            Dense warm-up length. An `int` counts denoising steps (>= 1); a `float` in (0, 1) is a fraction of the
+            call's denoising steps, rounded up and at least one step. The mask is built at the last warm-up step.
+        block_size (`int` or `tuple[int, int]`, defaults to `128`):
+            Mask tile in tokens, `(BLOCK_Q, BLOCK_K)`; an int means square tiles. Multiples of 16 in [16, 512].
+        policy (`str`, defaults to `"mass"`):
+            `"mass"`: per head and query block keep the fewest key blocks whose softmax mass reaches
+            `mass_threshold` (AdaSpa-style recall target). `"topk"`: keep `ceil(topk_ratio * KB)` key blocks with the
+            largest mass (SparseD).
+        mass_threshold (`float`, defaults to `0.9`):
+            Share of a query block's softmax mass the kept key blocks must cover, in (0, 1]. Higher keeps more blocks.
+        topk_ratio (`float`, defaults to `0.3`):
+            Share of key blocks kept per query block by `policy="topk"`, in (0, 1].
+        min_kv_blocks (`int`, defaults to `1`):
+            Floor on key blocks chosen per query block (before the always-kept diagonal and text blocks).
+        max_density (`float`, defaults to `1.0`):
+            Ceiling on the share of key blocks chosen per query block, in (0, 1]; forced blocks (diagonal, text
+            tokens) are kept on top of it.
+        dense_layers (`tuple[str | int, ...]`, defaults to `()`):
+            Self-attention layers that always stay dense, by index in hook order (negative counts from the end) or
+            by module name (e.g. `"blocks.0.attn1"`).
+        backend (`str`, defaults to `"auto"`):
+            `"auto"`, `"triton"` (CUDA, or the Triton interpreter), `"flex"` (compiled flex_attention), `"gather"`
+            (gather kept K/V blocks + SDPA, any device) or `"reference"` (slow PyTorch oracle).
+        refresh_threshold (`float`, defaults to `0.7`):
+            In sparse steps the kernel's LSE against the cached dense LSE estimates the kept mass
+            `exp(lse_sparse - lse_dense)` per head; when a layer's mean estimate falls below this value the layer is
+            re-planned from a dense pass at its next call. `0` disables re-planning.
+        keep_text_tokens (`bool`, defaults to `True`):
+            Keep joint-attention text tokens (CogVideoX, Flux put them first) as dense rows and columns.
+        collect_timings (`bool`, defaults to `True`):
+            Time every intercepted attention call (adds a device synchronisation per call on CUDA).
+    """
+
+    dense_steps: int | float = 0.25
+    block_size: int | tuple[int, int] = 128
+    policy: str = "mass"
+    mass_threshold: float = 0.9
+    topk_ratio: float = 0.3
+    min_kv_blocks: int = 1
+    max_density: float = 1.0
+    dense_layers: tuple[str | int, ...] = field(default_factory=tuple)
+    backend: str = "auto"
+    refresh_threshold: float = 0.7
+    keep_text_tokens: bool = True
+    collect_timings: bool = True
+
+    def __post_init__(self) -> None:
+        ds = self.dense_steps
+        if isinstance(ds, bool) or not isinstance(ds, (int, float)):
+            raise SparseDiffusionError(
+                f"dense_steps={ds!r} must be an int (number of dense warm-up steps, >= 1) or a float in (0, 1) "
+                "(fraction of the call's denoising steps)."
+            )
+        if isinstance(ds, int) and ds < 1:
+            raise SparseDiffusionError(
+                f"dense_steps={ds} must be >= 1: the mask is built from the last dense warm-up step, so at least one "
+                "dense step is needed. Use dense_steps=1 for the shortest warm-up."
+            )
+        if isinstance(ds, float) and not (0.0 < ds < 1.0):
+            raise SparseDiffusionError(
+                f"dense_steps={ds} as a float is a fraction of the denoising steps and must lie in (0, 1); give an "
+                "int to count steps (e.g. dense_steps=10)."
+            )
+        self.block_size = _normalise_block_size(self.block_size)
+        if self.policy not in POLICIES:
+            raise SparseDiffusionError(f"policy={self.policy!r} is not known; choose one of {POLICIES}.")
+        for name in ("mass_threshold", "topk_ratio", "max_density"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 < float(v) <= 1.0):
+                raise SparseDiffusionError(f"{name}={v!r} must be a number in (0, 1].")
+            setattr(self, name, float(v))
+        if isinstance(self.min_kv_blocks, bool) or not isinstance(self.min_kv_blocks, int) or self.min_kv_blocks < 0:
+            raise SparseDiffusionError(f"min_kv_blocks={self.min_kv_blocks!r} must be an int >= 0.")
+        rt = self.refresh_threshold
+        if isinstance(rt, bool) or not isinstance(rt, (int, float)) or not (0.0 <= float(rt) <= 1.0):
+            raise SparseDiffusionError(f"refresh_threshold={rt!r} must be a number in [0, 1] (0 disables re-planning).")
+        self.refresh_threshold = float(rt)
+        if self.backend not in BACKENDS:
+            raise SparseDiffusionError(f"backend={self.backend!r} is not known; choose one of {BACKENDS}.")
+        if isinstance(self.dense_layers, (str, int)):
+            self.dense_layers = (self.dense_layers,)
+        layers = tuple(self.dense_layers)
+        for entry in layers:
+            if isinstance(entry, bool) or not isinstance(entry, (str, int)):
+                raise SparseDiffusionError(
+                    f"dense_layers entry {entry!r} must be a layer index (int) or a module name (str)."
+                )
+        self.dense_layers = layers
+
+    def resolve_dense_steps(self, total_steps: int | None) -> int:
+        """Number of dense warm-up steps for a call with `total_steps` denoising steps.
+
+        Raises:
+            SparseDiffusionError: `dense_steps` is a fraction and `total_steps` is unknown.
+        """
+        if isinstance(self.dense_steps, int):
+            return self.dense_steps
+        if total_steps is None:
+            raise SparseDiffusionError(
+                f"dense_steps={self.dense_steps} is a fraction, but the number of denoising steps of this call is "
+                "unknown (no pipeline scheduler). Give dense_steps as an int, or pass num_inference_steps to "
+                "accelerate_model()."
+            )
+        return max(1, math.ceil(self.dense_steps * total_steps - 1e-9))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of all fields (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["block_size"] = list(self.block_size)
+        out["dense_layers"] = list(self.dense_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SparseAttentionConfig":
+        """Inverse of `to_dict`; unknown keys raise `SparseDiffusionError` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SparseDiffusionError(f"unknown SparseAttentionConfig fields {unknown}; known fields: {sorted(known)}.")
+        data = dict(data)
+        if isinstance(data.get("block_size"), list):
+            data["block_size"] = tuple(data["block_size"])
+        if isinstance(data.get("dense_layers"), list):
+            data["dense_layers"] = tuple(data["dense_layers"])
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> "SparseAttentionConfig":
+        """Copy with some fields changed (validated again); unknown names raise `SparseDiffusionError`."""
+        merged = self.to_dict()
+        merged.update(overrides)
+        return SparseAttentionConfig.from_dict(merged)

@@ -1,0 +1,288 @@
+"""`SparseController`: step index per call, phase per layer, cached plans (mask + dense LSE) and statistics.
+
+One controller serves one accelerated denoiser. The denoiser hook tells it when a forward starts (timestep, cache
+context, text length); the attention hooks hand it every intercepted self-attention call.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import ops
+from .block_mask import BlockSparseMask
+from .config import SparseAttentionConfig
+from .errors import SparseDiffusionError
+from .planning import kept_mass, plan_block_mask
+
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(str, enum.Enum):
+    DENSE = "dense"
+    BUILD = "build"
+    SPARSE = "sparse"
+
+
+@dataclass
+class LayerPlan:
+    """Cached result of a build step for one (context, layer): the mask and the dense LSE [B, H, Sq] float32."""
+
+    mask: BlockSparseMask
+    lse: torch.Tensor
+    geometry: tuple
+    built_step: int
+    build_kept_mass: torch.Tensor  # [B, H]
+    refresh: bool = False
+
+
+@dataclass
+class LayerStats:
+    calls: Counter = field(default_factory=Counter)
+    time_s: Counter = field(default_factory=Counter)
+    head_density_sum: torch.Tensor | None = None
+    head_kept_mass_sum: torch.Tensor | None = None
+    sparse_calls_with_lse: int = 0
+    build_kept_mass_sum: torch.Tensor | None = None
+    replans: Counter = field(default_factory=Counter)
+    fallbacks: Counter = field(default_factory=Counter)
+    backends: Counter = field(default_factory=Counter)
+
+
+def _add(acc: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    value = value.detach().double().cpu()
+    return value if acc is None or acc.shape != value.shape else acc + value
+
+
+class SparseController:
+    """Decides DENSE / BUILD / SPARSE per intercepted call and keeps plans and statistics.
+
+    Args:
+        config: the `SparseAttentionConfig`.
+        layer_names: accelerated self-attention module names in hook order (indices of `dense_layers` refer to it).
+        total_steps_fn: returns the number of denoising steps of the current call (or `None` if unknown); read once
+            at the first forward of each call.
+        restart_on_timestep_increase: start a new call when the timestep goes up (used when no pipeline marks call
+            boundaries, e.g. `accelerate_model`).
+        text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
+            `None` (no text tokens); their count comes from `begin_forward`.
+    """
+
+    def __init__(
+        self,
+        config: SparseAttentionConfig,
+        layer_names: list[str],
+        total_steps_fn: Callable[[], int | None],
+        restart_on_timestep_increase: bool = False,
+        text_position: str | None = None,
+    ) -> None:
+        self.config = config
+        self.text_position = text_position
+        self.layer_names = list(layer_names)
+        self.dense_layer_names = self._resolve_dense_layers(config.dense_layers)
+        self.total_steps_fn = total_steps_fn
+        self.restart_on_timestep_increase = restart_on_timestep_increase
+        self.plans: dict[tuple, LayerPlan] = {}
+        self.stats: dict[str, LayerStats] = defaultdict(LayerStats)
+        self.passthrough: Counter = Counter()
+        self.runs: list[dict] = []
+        self._end_call()
+
+    def _resolve_dense_layers(self, entries) -> set[str]:
+        names = set()
+        n = len(self.layer_names)
+        for entry in entries:
+            if isinstance(entry, int):
+                if not -n <= entry < n:
+                    raise SparseDiffusionError(
+                        f"dense_layers index {entry} is out of range: this denoiser has {n} accelerated self-attention "
+                        f"layers (valid indices -{n}..{n - 1})."
+                    )
+                names.add(self.layer_names[entry])
+            elif entry in self.layer_names:
+                names.add(entry)
+            else:
+                raise SparseDiffusionError(
+                    f"dense_layers entry {entry!r} is not an accelerated self-attention layer; known names look like "
+                    f"{self.layer_names[:3]} ({n} in all)."
+                )
+        return names
+
+    # ---- call and step bookkeeping -------------------------------------------------------------------------
+
+    def _end_call(self) -> None:
+        self.step = -1
+        self.last_t: float | None = None
+        self.total_steps: int | None = None
+        self.num_dense_steps = 0
+        self.context: tuple | None = None
+        self.text_len = 0
+        self._forwards_this_step: Counter = Counter()
+        self.plans.clear()
+
+    def reset(self) -> None:
+        """Forget the current call and every cached plan (statistics are kept)."""
+        self._end_call()
+
+    def begin_forward(self, timestep: float, context_name: str | None, text_len: int = 0) -> None:
+        """Called before every denoiser forward with the (max) timestep value of that forward."""
+        new_call = self.last_t is None or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
+        if new_call:
+            self._end_call()
+            self.step = 0
+            self.total_steps = self.total_steps_fn()
+            self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
+            self.runs.append(
+                {"total_steps": self.total_steps, "dense_steps": self.num_dense_steps, "sparse_steps": 0, "_sparse": set()}
+            )
+        elif timestep != self.last_t:
+            self.step += 1
+            self._forwards_this_step.clear()
+        self.last_t = timestep
+        name = context_name or "default"
+        self.context = (name, self._forwards_this_step[name])
+        self._forwards_this_step[name] += 1
+        self.text_len = int(text_len)
+
+    def end_forward(self) -> None:
+        self.context = None
+
+    @property
+    def in_forward(self) -> bool:
+        return self.context is not None
+
+    # ---- per-call decisions --------------------------------------------------------------------------------
+
+    def _phase(self, layer: str, key: tuple, geometry: tuple) -> tuple[Phase, str | None]:
+        if layer in self.dense_layer_names:
+            return Phase.DENSE, None
+        last_dense = self.num_dense_steps - 1
+        if self.step < last_dense:
+            return Phase.DENSE, None
+        if self.step == last_dense:
+            if self.total_steps is not None and self.total_steps <= self.num_dense_steps:
+                return Phase.DENSE, None  # no sparse step follows: skip the build, stay bit-identical
+            return Phase.BUILD, None
+        plan = self.plans.get(key)
+        if plan is None:
+            return Phase.BUILD, "no plan for this context"
+        if plan.geometry != geometry:
+            return Phase.BUILD, "input geometry changed"
+        if plan.refresh:
+            return Phase.BUILD, "kept-mass estimate below refresh_threshold"
+        return Phase.SPARSE, None
+
+    def _text_ranges(self, seq_len: int) -> list[tuple[int, int]]:
+        if not self.config.keep_text_tokens or self.text_len <= 0 or self.text_len >= seq_len:
+            return []
+        if self.text_position == "last":
+            return [(seq_len - self.text_len, seq_len)]
+        return [(0, self.text_len)] if self.text_position == "first" else []
+
+    def attention(
+        self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable
+    ) -> torch.Tensor:
+        """Serve one eligible self-attention call (q [B, H, S, D], k/v [B, HK, S, D]); `dense_fn()` runs the original."""
+        geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, self.text_len)
+        key = (self.context, layer)
+        phase, replan_reason = self._phase(layer, key, geometry)
+        stats = self.stats[layer]
+        timer = _Timer(self.config.collect_timings, q.device)
+        if phase is Phase.DENSE:
+            with timer:
+                out = dense_fn()
+        elif phase is Phase.BUILD:
+            if replan_reason:
+                stats.replans[replan_reason] += 1
+            with timer:
+                out = self._build(layer, key, geometry, q, k, v, scale, stats)
+        else:
+            with timer:
+                out, served = self._sparse(key, q, k, v, scale, dense_fn, stats)
+            if not served:
+                phase = Phase.DENSE
+            elif self.runs:
+                self.runs[-1]["_sparse"].add(self.step)
+        stats.calls[phase.value] += 1
+        stats.time_s[phase.value] += timer.elapsed
+        return out
+
+    def _build(self, layer, key, geometry, q, k, v, scale, stats) -> torch.Tensor:
+        out, lse, mass = ops.dense_attention_with_stats(
+            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend)
+        )
+        sq, sk = q.shape[2], k.shape[2]
+        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
+        build_kept = kept_mass(mass, mask)
+        self.plans[key] = LayerPlan(mask, lse, geometry, self.step, build_kept)
+        stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
+        return out
+
+    def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
+        plan = self.plans[key]
+        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True)
+        out, lse = ops.block_sparse_attention(q, k, v, plan.mask, scale=scale, backend=backend)
+        stats.backends[backend] += 1
+        if not torch.isfinite(out).all():
+            stats.fallbacks["non-finite sparse output; recomputed dense"] += 1
+            return dense_fn(), False
+        stats.head_density_sum = _add(stats.head_density_sum, plan.mask.density().mean(0))
+        if lse is not None:
+            estimate = torch.exp(lse - plan.lse).mean(-1)  # [B, H]
+            stats.head_kept_mass_sum = _add(stats.head_kept_mass_sum, estimate.mean(0))
+            stats.sparse_calls_with_lse += 1
+            if self.config.refresh_threshold > 0 and float(estimate.mean()) < self.config.refresh_threshold:
+                plan.refresh = True
+        return out, True
+
+    def record_passthrough(self, layer: str, reason: str) -> None:
+        self.passthrough[f"{layer}: {reason}"] += 1
+
+    def record_not_intercepted(self, layer: str) -> None:
+        self.stats[layer].fallbacks[
+            "no F.scaled_dot_product_attention call seen (a non-native attention backend or custom processor); ran "
+            "unchanged"
+        ] += 1
+
+    def finished_runs(self) -> list[dict]:
+        runs = []
+        for run in self.runs:
+            run = dict(run)
+            run["sparse_steps"] = len(run.pop("_sparse"))
+            runs.append(run)
+        return runs
+
+
+def _stats_backend(backend: str) -> str:
+    return backend if backend in ("triton", "reference") else "auto"
+
+
+class _Timer:
+    """Wall time of a block; synchronises CUDA so the time is the device's."""
+
+    def __init__(self, enabled: bool, device: torch.device) -> None:
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self.elapsed = 0.0
+
+    def __enter__(self):
+        if self.enabled:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.elapsed = time.perf_counter() - self._start
+        return False
+

@@ -1,0 +1,90 @@
+"""diffusers `ModelHook`s: a stateful step hook on the denoiser and one interception hook per self-attention module.
+
+The pipeline's `maybe_free_model_hooks()` resets stateful hooks at the end of every call, which ends our call state;
+`cache_context("cond"/"uncond")` reaches the step hook through its `StateManager`.
+"""
+
+from __future__ import annotations
+
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .interception import SDPAInterceptor
+
+
+DENOISER_HOOK = "sparse_diffusion_denoiser"
+ATTENTION_HOOK = "sparse_diffusion_attention"
+
+
+class _ContextState(BaseState):
+    """Empty per-context state: the StateManager only carries the cache context name to us."""
+
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class DenoiserStepHook(ModelHook):
+    """Tells the controller the timestep, cache context and text length of every denoiser forward."""
+
+    _is_stateful = True
+
+    def __init__(self, controller, adapter) -> None:
+        super().__init__()
+        self.controller = controller
+        self.adapter = adapter
+        self.state_manager = StateManager(_ContextState)
+
+    def pre_forward(self, module, *args, **kwargs):
+        try:
+            context_name = self.state_manager.context.name
+        except ValueError:  # the pipeline set no cache context
+            context_name = None
+        self.controller.begin_forward(
+            self.adapter.read_timestep(module, args, kwargs),
+            context_name,
+            self.adapter.text_length(module, args, kwargs),
+        )
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        self.controller.end_forward()
+        return output
+
+    def reset_state(self, module):
+        self.controller.reset()
+        self.state_manager.reset()
+        return module
+
+
+class AttentionLayerHook(ModelHook):
+    """Runs the module's forward under `SDPAInterceptor` while a denoiser forward is in progress."""
+
+    def __init__(self, controller, layer: str) -> None:
+        super().__init__()
+        self.controller = controller
+        self.layer = layer
+
+    def new_forward(self, module, *args, **kwargs):
+        if not self.controller.in_forward:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        with SDPAInterceptor(self.controller, self.layer) as mode:
+            out = self.fn_ref.original_forward(*args, **kwargs)
+        if mode.seen == 0:
+            self.controller.record_not_intercepted(self.layer)
+        return out
+
+
+def install_hooks(denoiser, controller, adapter, layers: list[tuple[str, object]]) -> None:
+    """Register the step hook on `denoiser` and an attention hook on every `(name, module)` in `layers`."""
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(DenoiserStepHook(controller, adapter), DENOISER_HOOK)
+    for name, module in layers:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(AttentionLayerHook(controller, name), ATTENTION_HOOK)
+    HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()
+
+
+def remove_hooks(denoiser) -> None:
+    """Remove both hook kinds from `denoiser` and all its submodules."""
+    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+    registry.remove_hook(DENOISER_HOOK, recurse=False)
+    registry.remove_hook(ATTENTION_HOOK, recurse=True)
+    registry.invalidate_child_registries_cache()

@@ -1,0 +1,225 @@
+"""Public tensor ops and the per-call backend choice.
+
+Shape letters: B batch, H query heads, HK key/value heads (H % HK == 0), Sq/Sk lengths, D head dim, QB/KB numbers of
+query/key blocks. LSE is float32, natural log, [B, H, Sq]. Block mass is float32 [B, H, QB, KB], rows sum to 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import torch
+
+from . import backends, reference
+from .block_mask import BlockSparseMask, num_blocks
+from .config import BACKENDS
+from .errors import SparseDiffusionError
+
+
+logger = logging.getLogger(__name__)
+
+
+def _triton_reasons(q: torch.Tensor, need_lse: bool) -> list[str]:
+    try:
+        from .kernels import launch
+    except ImportError as exc:
+        return [f"Triton kernels unavailable ({exc})"]
+    return launch.not_supported_reasons(q)
+
+
+def _describe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    return (
+        f"q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype}, v {tuple(v.shape)} {v.dtype} on {q.device}"
+    )
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Validate q [B, H, Sq, D], k/v [B, HK, Sk, D].
+
+    Raises:
+        SparseDiffusionError: naming the offending shapes, dtypes or devices.
+    """
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        raise SparseDiffusionError("q, k and v must be torch tensors.")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise SparseDiffusionError(f"q, k, v must be 4-D [B, H, S, D]; got {_describe(q, k, v)}.")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise SparseDiffusionError(f"q, k, v must share one floating dtype; got {_describe(q, k, v)}.")
+    if not (q.device == k.device == v.device):
+        raise SparseDiffusionError(f"q, k, v must be on one device; got {_describe(q, k, v)}.")
+    b, h, _, d = q.shape
+    if k.shape[0] != b or v.shape[0] != b or k.shape[:3] != v.shape[:3]:
+        raise SparseDiffusionError(f"batch sizes or K/V shapes disagree: {_describe(q, k, v)}.")
+    if k.shape[-1] != d or v.shape[-1] != d:
+        raise SparseDiffusionError(f"q, k, v need the same head dim D; got {_describe(q, k, v)}.")
+    if k.shape[1] == 0 or h % k.shape[1]:
+        raise SparseDiffusionError(
+            f"query heads H={h} must be a multiple of key/value heads HK={k.shape[1]} (GQA); got {_describe(q, k, v)}."
+        )
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise SparseDiffusionError(f"sequence lengths must be >= 1; got {_describe(q, k, v)}.")
+
+
+def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None:
+    if not isinstance(mask, BlockSparseMask):
+        raise SparseDiffusionError(f"mask must be a BlockSparseMask, got {type(mask).__name__}.")
+    b, h, sq = q.shape[:3]
+    sk = k.shape[2]
+    if tuple(mask.seq_lengths) != (sq, sk):
+        raise SparseDiffusionError(
+            f"mask was built for seq_lengths={mask.seq_lengths} but q/k have (Sq, Sk)=({sq}, {sk}); rebuild the mask "
+            "for this geometry."
+        )
+    mb, mh, mq = mask.kv_num_blocks.shape
+    if mb not in (1, b) or mh != h or mq != num_blocks(sq, mask.block_size[0]):
+        raise SparseDiffusionError(
+            f"mask kv_num_blocks {tuple(mask.kv_num_blocks.shape)} does not fit B={b}, H={h}, "
+            f"QB={num_blocks(sq, mask.block_size[0])} (B may be 1 to broadcast)."
+        )
+
+
+def _scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
+_SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool], list[str]]] = {
+    "triton": _triton_reasons,
+    "flex": backends.flex_reasons,
+    "gather": backends.gather_reasons,
+    "reference": lambda q, need_lse: [],
+}
+
+
+def sparse_backend_reasons(q: torch.Tensor, need_lse: bool = True) -> dict[str, list[str]]:
+    """Why each backend cannot serve a block-sparse call on `q` (empty list = it can)."""
+    return {name: fn(q, need_lse) for name, fn in _SPARSE_REASONS.items()}
+
+
+def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
+    if q.device.type == "cuda":
+        return ["triton", "flex", "gather", "reference"]
+    if not need_lse and q.dtype == torch.float32:
+        return ["flex", "gather", "reference"]  # measured fastest in fp32 on CPU (README, bench attention)
+    return ["gather", "flex", "reference"]
+
+
+def choose_sparse_backend(q: torch.Tensor, backend: str = "auto", need_lse: bool = True) -> str:
+    """Backend name that serves a block-sparse call on `q`.
+
+    Raises:
+        SparseDiffusionError: unknown name, or a forced backend that cannot serve (with every reason).
+    """
+    if backend not in BACKENDS:
+        raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
+    if backend != "auto":
+        reasons = _SPARSE_REASONS[backend](q, need_lse)
+        if reasons:
+            raise SparseDiffusionError(f"backend {backend!r} cannot serve this call: {'; '.join(reasons)}.")
+        return backend
+    skipped = {}
+    for name in _auto_order(q, need_lse):
+        reasons = _SPARSE_REASONS[name](q, need_lse)
+        if not reasons:
+            if skipped:
+                logger.debug("auto backend %s; skipped %s", name, skipped)
+            return name
+        skipped[name] = reasons
+    raise SparseDiffusionError(f"no backend can serve this call: {skipped}")  # pragma: no cover - reference serves all
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    *,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    r"""Block-sparse softmax attention: each query block attends only to its kept key blocks.
+
+    Args:
+        q: [B, H, Sq, D]; k, v: [B, HK, Sk, D] with H % HK == 0 (GQA without repeating K/V where the backend
+            allows). Any strides (e.g. permuted [B, S, H, D] views). float32/bfloat16/float16 (float64: gather and
+            reference).
+        mask: `BlockSparseMask` with `seq_lengths == (Sq, Sk)`, batch 1 or B, H heads.
+        scale: softmax scale, default `1/sqrt(D)`.
+        backend: `"auto"`, `"triton"`, `"flex"`, `"gather"` or `"reference"`.
+        return_lse: also return the LSE; with `False` the LSE is `None` and backends that cannot produce it (compiled
+            flex on CPU) may serve.
+
+    Returns:
+        `(out, lse)`: out [B, H, Sq, D] in q's dtype (0 for rows with no kept block); LSE float32 [B, H, Sq], natural
+        log, `-inf` for empty rows.
+
+    Equivalent PyTorch::
+
+        tm = mask.to_token_mask()                            # [B, H, Sq, Sk] bool
+        s = (q @ k.repeat_interleave(H // HK, 1).transpose(-1, -2)) * scale
+        s = s.masked_fill(~tm, -inf); lse = s.logsumexp(-1)
+        out = (s - lse[..., None]).exp().nan_to_num() @ v.repeat_interleave(H // HK, 1)
+
+    Raises:
+        SparseDiffusionError: shapes/dtypes/devices disagree, the mask does not fit, or a forced backend cannot serve.
+    """
+    check_qkv(q, k, v)
+    _check_mask(q, k, mask)
+    name = choose_sparse_backend(q, backend, need_lse=return_lse)
+    s = _scale(q, scale)
+    if name == "gather":
+        out, lse = backends.gather_block_sparse(q, k, v, mask, s)
+    elif name == "flex":
+        out, lse = backends.flex_block_sparse(q, k, v, mask, s, need_lse=return_lse)
+    elif name == "triton":
+        from .kernels import launch
+
+        out, lse = launch.block_sparse_attention(q, k, v, mask, s)
+    else:
+        out, lse = reference.block_sparse_attention_reference(q, k, v, mask, scale=s, compute_dtype=torch.float32)
+        out = out.to(q.dtype)
+    return out, (lse if return_lse else None)
+
+
+def dense_attention_with_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_size: int | tuple[int, int],
+    *,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Dense attention that also returns the row LSE and the exact softmax mass of every tile (the build step).
+
+    Args:
+        q: [B, H, Sq, D]; k, v: [B, HK, Sk, D]; block_size: `(BLOCK_Q, BLOCK_K)` tokens (or one int).
+        backend: `"triton"` uses the fused kernel; every other name uses the chunked PyTorch pass (`"reference"`: the
+            float64 oracle).
+
+    Returns:
+        `(out, lse, block_mass)`: out [B, H, Sq, D] in q's dtype; LSE float32 [B, H, Sq] (natural log); block_mass
+        float32 [B, H, QB, KB], the mean over a query block's rows of the probability mass in each key block (rows
+        sum to 1). Never materialises Sq x Sk at once (chunked over query blocks).
+
+    Raises:
+        SparseDiffusionError: bad shapes/dtypes, or `backend="triton"` where Triton cannot serve.
+    """
+    check_qkv(q, k, v)
+    bs = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    if backend not in BACKENDS:
+        raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
+    s = _scale(q, scale)
+    if backend == "triton" or (backend == "auto" and q.device.type == "cuda" and not _triton_reasons(q, True)):
+        reasons = _triton_reasons(q, True)
+        if reasons:
+            raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
+        from .kernels import launch
+
+        return launch.dense_attention_with_stats(q, k, v, bs, s)
+    if backend == "reference":
+        out, lse, mass = reference.dense_attention_with_stats_reference(q, k, v, bs, scale=s)
+        return out.to(q.dtype), lse, mass
+    return backends.chunked_dense_with_stats(q, k, v, bs, s)

@@ -1,0 +1,101 @@
+"""Block mass -> per-head block masks: the cumulative-mass policy (AdaSpa-style) and top-k (SparseD), with budgets.
+
+Every policy works per (batch element, head, query block) on the exact tile mass measured at the build step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .block_mask import BlockSparseMask, num_blocks
+from .config import SparseAttentionConfig
+from .errors import SparseDiffusionError
+
+
+def _blocks_touching(ranges: list[tuple[int, int]], block: int, count: int, device: torch.device) -> torch.Tensor:
+    """Bool [count]: blocks of `block` tokens that overlap any token range [start, end)."""
+    hit = torch.zeros(count, dtype=torch.bool, device=device)
+    for start, end in ranges:
+        if end > start:
+            hit[start // block : min(count, -(-end // block))] = True
+    return hit
+
+
+def forced_blocks(
+    block_size: tuple[int, int],
+    seq_lengths: tuple[int, int],
+    dense_token_ranges: list[tuple[int, int]] = (),
+    keep_diagonal: bool = True,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Tiles every mask keeps, bool [QB, KB]: the diagonal (tiles holding any query position's own key position,
+    for self-attention with Sq == Sk) and whole rows and columns of blocks touching `dense_token_ranges` (joint
+    text tokens)."""
+    bq, bk = block_size
+    sq, sk = seq_lengths
+    qb, kb = num_blocks(sq, bq), num_blocks(sk, bk)
+    forced = torch.zeros(qb, kb, dtype=torch.bool, device=device)
+    if keep_diagonal and sq == sk:
+        pos = torch.arange(sq, device=device)
+        forced[pos // bq, pos // bk] = True
+    ranges = list(dense_token_ranges)
+    if ranges:
+        forced |= _blocks_touching(ranges, bq, qb, forced.device)[:, None]
+        forced |= _blocks_touching([(s, min(e, sk)) for s, e in ranges], bk, kb, forced.device)[None, :]
+    return forced
+
+
+def plan_block_mask(
+    block_mass: torch.Tensor,
+    config: SparseAttentionConfig,
+    seq_lengths: tuple[int, int],
+    *,
+    dense_token_ranges: list[tuple[int, int]] = (),
+    keep_diagonal: bool = True,
+) -> BlockSparseMask:
+    """Choose kept key blocks per (batch, head, query block) from the exact tile mass.
+
+    Args:
+        block_mass: float32 [B, H, QB, KB], rows sum to 1 (from `ops.dense_attention_with_stats`).
+        config: `policy` (`"mass"`: fewest blocks whose mass reaches `mass_threshold`; `"topk"`:
+            `ceil(topk_ratio * KB)` largest), clamped to [`min_kv_blocks`, `ceil(max_density * KB)`]; then the
+            forced tiles (diagonal, `dense_token_ranges` rows and columns) are added.
+        seq_lengths: `(Sq, Sk)` in tokens.
+
+    Returns:
+        `BlockSparseMask` with `config.block_size`, B and H of `block_mass`.
+
+    Raises:
+        SparseDiffusionError: `block_mass` does not match `seq_lengths` / `block_size`.
+    """
+    bq, bk = config.block_size
+    qb, kb = num_blocks(seq_lengths[0], bq), num_blocks(seq_lengths[1], bk)
+    if block_mass.dim() != 4 or tuple(block_mass.shape[2:]) != (qb, kb):
+        raise SparseDiffusionError(
+            f"block_mass has shape {tuple(block_mass.shape)}, expected [B, H, {qb}, {kb}] for seq_lengths="
+            f"{tuple(seq_lengths)} and block_size={config.block_size}."
+        )
+    mass = block_mass.float()
+    sorted_mass, order = torch.sort(mass, dim=-1, descending=True)
+    if config.policy == "mass":
+        cum = sorted_mass.cumsum(-1)
+        # Fewest blocks whose cumulative mass reaches the threshold (tolerant to float round-off of the row sum).
+        target = config.mass_threshold * cum[..., -1:].clamp_min(1e-12) - 1e-6
+        keep = (cum < target).sum(-1) + 1
+    else:
+        keep = torch.full(mass.shape[:3], math.ceil(config.topk_ratio * kb - 1e-9), device=mass.device)
+    ceiling = max(config.min_kv_blocks, math.ceil(config.max_density * kb - 1e-9))
+    keep = keep.clamp(min=min(config.min_kv_blocks, kb), max=min(ceiling, kb))
+    rank = torch.arange(kb, device=mass.device)
+    chosen_sorted = rank < keep[..., None]
+    chosen = torch.zeros_like(chosen_sorted).scatter_(-1, order, chosen_sorted)
+    chosen |= forced_blocks(config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device)
+    return BlockSparseMask.from_dense(chosen, config.block_size, tuple(seq_lengths))
+
+
+def kept_mass(block_mass: torch.Tensor, mask: BlockSparseMask) -> torch.Tensor:
+    """Share of the softmax mass inside the kept tiles at the build step, float32 [B, H] (mean over query blocks)."""
+    dense = mask.to(block_mass.device).to_dense().expand_as(block_mass)
+    return (block_mass * dense).sum(-1).mean(-1)
