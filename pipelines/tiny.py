@@ -34,7 +34,8 @@ Flux 64x64                 512 text + 32*32 image = 1536, text FIRST in     ~30 
 Flux 128x128               512 + 64*64 = 4608                               ~0.18 s/step; decode ~0.1 s
 =========================  ===============================================  ===========================
 
-The first pipeline call in a process pays ~3 s of diffusers/transformers imports. Besides the
+The first build in a process pays ~2-3 s of diffusers/transformers imports and the first call
+up to ~2 s of CPU kernel warm-up; the times above are from warm calls. Besides the
 transformer, ``F.scaled_dot_product_attention`` is also called by the text encoders (T5/UMT5/CLIP,
 transformers ``sdpa``) and by the VAE mid-block attention, so interception must stay limited to
 hooked transformer modules. Outputs are finite, in [0, 1]; with random weights Wan frames are
@@ -180,7 +181,11 @@ def build_tiny_wan_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim
     channels, ``num_layers`` blocks, RMS q/k norm across heads, cross-attention norm, 16 latent
     channels, text dim 32, RoPE table for up to 1024 positions per axis. VAE: tiny
     ``AutoencoderKLWan`` (4x temporal, 8x spatial compression). Text encoder: tiny
-    ``UMT5EncoderModel``. Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=7.0)``.
+    ``UMT5EncoderModel``. Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=7.0)`` (diffusers'
+    own Wan tests use it; released Wan checkpoints ship UniPC, which also works with this pipeline
+    via ``pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction",
+    use_flow_sigmas=True, flow_shift=3.0)``, checked). Each step calls the
+    transformer twice (conditional, then unconditional, B = 1 each) when ``guidance_scale > 1``.
 
     Self-attention sees ``((F - 1) // 4 + 1) * (H // 16) * (W // 16)`` video tokens for ``F``
     frames of ``H x W`` pixels (H, W multiples of 16, ``F - 1`` a multiple of 4); text enters only
@@ -221,7 +226,8 @@ def build_tiny_cogvideox_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
 
     Joint attention runs over ``226 + ((F - 1) // 4 + 1) * (H // 16) * (W // 16)`` tokens with the
     226 text tokens FIRST; classifier-free guidance is batched (B = 2). Default call size is
-    64x64 pixels, 9 frames (274 tokens).
+    64x64 pixels, 9 frames (274 tokens). Use ``num_frames = 8k + 1`` (9, 17, 33, 49): the VAE
+    decodes an even number of latent frames to more frames than asked (5 frames -> 8).
 
     Raises:
         SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.

@@ -9,8 +9,8 @@ visibility to structural similarity") with its default 7x7 uniform window, avera
 [0, 1]. ``data_range=None`` infers it from the dtype (uint8 -> 255, other unsigned ints -> their
 maximum, floats -> 1.0); both inputs must then have the same dtype.
 
-Identical inputs have PSNR ``float("inf")``. ``json.dumps`` writes it as ``Infinity`` (accepted by
-Python's ``json`` and JavaScript's ``JSON5``, not by strict JSON parsers).
+Identical inputs have PSNR ``float("inf")``. ``json.dumps`` writes it as ``Infinity``, which
+Python's ``json.loads`` reads back; strict JSON parsers (e.g. JavaScript's ``JSON.parse``) reject it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,186 @@
+"""Every op against a float64 reference: odd lengths, GQA, head dims 64/128/odd, empty and full rows, dtypes."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_diffusion import BlockSparseMask, SparseDiffusionError, ops
+from sparse_diffusion.reference import (
+    attention_reference,
+    block_sparse_attention_reference,
+    dense_attention_with_stats_reference,
+)
+
+
+def _qkv(b, h, hk, s, d, dtype, permuted=False):
+    if permuted:  # diffusers layout [B, S, H, D] viewed as [B, H, S, D]
+        q = torch.randn(b, s, h, d).transpose(1, 2)
+        k = torch.randn(b, s, hk, d).transpose(1, 2)
+        v = torch.randn(b, s, hk, d).transpose(1, 2)
+    else:
+        q, k, v = torch.randn(b, h, s, d), torch.randn(b, hk, s, d), torch.randn(b, hk, s, d)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _random_mask(b, h, s, block, density=0.4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qb, kb = -(-s // block[0]), -(-s // block[1])
+    table = torch.rand(b, h, qb, kb, generator=gen) < density
+    table[0, 0, 0] = False  # an empty row
+    table[0, -1, -1] = True  # a full row (includes the partial tail block)
+    return BlockSparseMask.from_dense(table, block, (s, s))
+
+
+def _same_precision_error(q, k, v, token_mask, ref):
+    """Error of PyTorch's own attention at the input precision (the tolerance yardstick)."""
+    groups = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    out = F.scaled_dot_product_attention(q, kk, vv, attn_mask=token_mask)
+    valid = token_mask.any(-1, keepdim=True)
+    return float(((out.double() - ref) * valid).abs().max())
+
+
+CASES = [
+    # b, h, hk, s, d, block
+    (1, 2, 2, 97, 64, (32, 32)),
+    (2, 4, 2, 300, 64, (64, 64)),
+    (1, 4, 1, 1000, 128, (128, 64)),
+    (1, 2, 2, 257, 40, (64, 64)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["gather", "reference"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}d{c[4]}")
+def test_block_sparse_matches_float64_reference(case, backend, dtype):
+    b, h, hk, s, d, block = case
+    q, k, v = _qkv(b, h, hk, s, d, dtype, permuted=(s == 300))
+    mask = _random_mask(b, h, s, block)
+    ref_out, ref_lse = block_sparse_attention_reference(q, k, v, mask)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend=backend)
+    assert out.dtype == dtype and out.shape == (b, h, s, d)
+    assert lse.dtype == torch.float32 and lse.shape == (b, h, s)
+    token_mask = mask.to_token_mask()
+    empty = ~token_mask.any(-1)
+    assert empty.any(), "the test mask must contain an empty row"
+    assert torch.isinf(lse[empty]).all() and (lse[empty] < 0).all()
+    assert (out[empty] == 0).all() and torch.isfinite(out).all()
+    torch_err = _same_precision_error(q, k, v, token_mask, ref_out)
+    err = float((out.double() - ref_out).abs().max())
+    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+    lse_err = float((lse - ref_lse)[~empty].abs().max())
+    assert lse_err <= (1e-5 if dtype == torch.float32 else 2e-2), lse_err
+
+
+def test_keep_all_mask_equals_dense_sdpa():
+    q, k, v = _qkv(1, 4, 4, 333, 64, torch.float32)
+    full = BlockSparseMask.from_dense(torch.ones(1, 4, 6, 6, dtype=torch.bool), 64, (333, 333))
+    dense = F.scaled_dot_product_attention(q, k, v)
+    ref, ref_lse = attention_reference(q, k, v)
+    for backend in ("gather", "reference"):
+        out, lse = ops.block_sparse_attention(q, k, v, full, backend=backend)
+        assert torch.allclose(out, dense, atol=2e-6), backend
+        assert torch.allclose(lse.double(), ref_lse.double(), atol=1e-5)
+
+
+def test_flex_backend_matches_reference():
+    """Compiled flex_attention (no LSE on CPU) with odd length, GQA and an empty row."""
+    q, k, v = _qkv(1, 4, 2, 300, 64, torch.float32)
+    mask = _random_mask(1, 4, 300, (64, 64))
+    ref_out, _ = block_sparse_attention_reference(q, k, v, mask)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="flex", return_lse=False)
+    assert lse is None
+    assert float((out.double() - ref_out).abs().max()) < 1e-5
+    with pytest.raises(SparseDiffusionError, match="cannot return the LSE"):
+        ops.block_sparse_attention(q, k, v, mask, backend="flex")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}d{c[4]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_with_stats_matches_reference(case, dtype):
+    b, h, hk, s, d, block = case
+    q, k, v = _qkv(b, h, hk, s, d, dtype)
+    out, lse, mass = ops.dense_attention_with_stats(q, k, v, block)
+    ref_out, ref_lse, ref_mass = dense_attention_with_stats_reference(q, k, v, block)
+    qb, kb = -(-s // block[0]), -(-s // block[1])
+    assert mass.shape == (b, h, qb, kb) and mass.dtype == torch.float32
+    assert torch.allclose(mass.sum(-1), torch.ones(b, h, qb), atol=1e-5)
+    assert float((mass - ref_mass).abs().max()) < 1e-5
+    tol_lse = 1e-5 if dtype == torch.float32 else 2e-2
+    assert float((lse - ref_lse).abs().max()) < tol_lse
+    full = torch.ones(b, h, s, s, dtype=torch.bool)
+    torch_err = _same_precision_error(q, k, v, full, ref_out)
+    assert float((out.double() - ref_out).abs().max()) <= 2 * torch_err + 1e-6
+
+
+def test_dense_with_stats_chunks_match_unchunked(monkeypatch):
+    """Chunking over query blocks gives the same numbers as one chunk."""
+    from sparse_diffusion import backends
+
+    q, k, v = _qkv(1, 2, 2, 500, 64, torch.float32)
+    whole = ops.dense_attention_with_stats(q, k, v, 64)
+    monkeypatch.setattr(backends, "_STATS_CHUNK_BYTES", 1)  # one query block per chunk
+    chunked = ops.dense_attention_with_stats(q, k, v, 64)
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gather_chunking_matches(monkeypatch):
+    from sparse_diffusion import backends
+
+    q, k, v = _qkv(2, 2, 1, 400, 64, torch.float32)
+    mask = _random_mask(1, 2, 400, (64, 64))  # batch-1 mask broadcast over B=2
+    whole = ops.block_sparse_attention(q, k, v, mask, backend="gather")
+    monkeypatch.setattr(backends, "_GATHER_CHUNK_BYTES", 1)
+    chunked = ops.block_sparse_attention(q, k, v, mask, backend="gather")
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+    ref, _ = block_sparse_attention_reference(q, k, v, mask)
+    assert float((whole[0].double() - ref).abs().max()) < 1e-5
+
+
+def test_float64_inputs_are_exact():
+    q, k, v = _qkv(1, 2, 2, 130, 32, torch.float64)
+    mask = _random_mask(1, 2, 130, (32, 32))
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, mask)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="gather")
+    assert float((out - ref).abs().max()) < 1e-12
+
+
+def test_scale_argument():
+    q, k, v = _qkv(1, 2, 2, 128, 64, torch.float32)
+    full = BlockSparseMask.from_dense(torch.ones(1, 2, 2, 2, dtype=torch.bool), 64, (128, 128))
+    out, _ = ops.block_sparse_attention(q, k, v, full, scale=0.3, backend="gather")
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, scale=0.3), atol=2e-6)
+    default, _ = ops.block_sparse_attention(q, k, v, full, backend="gather")
+    assert torch.allclose(default, F.scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(64)), atol=2e-6)
+    assert not torch.allclose(out, default, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda q, k, v, m: (q[0], k, v, m), "4-D"),
+        (lambda q, k, v, m: (q, k.double(), v, m), "dtype"),
+        (lambda q, k, v, m: (q, k[:, :1].expand(1, 1, 128, 64)[:, :, :100], v, m), "K/V shapes"),
+        (lambda q, k, v, m: (torch.randn(1, 3, 128, 64), torch.randn(1, 2, 128, 64), torch.randn(1, 2, 128, 64), m), "multiple"),
+        (lambda q, k, v, m: (q[:, :, :100], k[:, :, :100], v[:, :, :100], m), "seq_lengths"),
+        (lambda q, k, v, m: (q, k, v, "mask"), "BlockSparseMask"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(make, match):
+    q, k, v = _qkv(1, 2, 2, 128, 64, torch.float32)
+    mask = _random_mask(1, 2, 128, (64, 64))
+    with pytest.raises(SparseDiffusionError, match=match):
+        ops.block_sparse_attention(*make(q, k, v, mask), backend="gather")
+
+
+def test_unknown_backend_and_forced_unavailable_backend():
+    q, k, v = _qkv(1, 2, 2, 128, 64, torch.float32)
+    mask = _random_mask(1, 2, 128, (64, 64))
+    with pytest.raises(SparseDiffusionError, match="not known"):
+        ops.block_sparse_attention(q, k, v, mask, backend="cuda-magic")
+    q3, k3, v3 = _qkv(1, 2, 2, 128, 40, torch.float32)
+    with pytest.raises(SparseDiffusionError, match="power-of-two"):
+        ops.block_sparse_attention(q3, k3, v3, mask, backend="flex", return_lse=False)

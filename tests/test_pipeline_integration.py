@@ -1,0 +1,212 @@
+"""accelerate_pipeline on real (tiny, random-weight) diffusers pipelines against the untouched dense pipeline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model, accelerate_pipeline
+from sparse_diffusion.api import count_denoising_steps
+from sparse_diffusion.hooks import ATTENTION_HOOK, DENOISER_HOOK
+from sparse_diffusion.pipelines.tiny import (
+    build_tiny_cogvideox_pipeline,
+    build_tiny_flux_pipeline,
+    build_tiny_wan_pipeline,
+)
+
+
+STEPS = 4
+CALLS = {
+    "wan": dict(prompt="a red circle moving left", height=128, width=128, num_frames=9, guidance_scale=5.0),
+    "cogvideox": dict(prompt="a blue square", height=64, width=64, num_frames=9, guidance_scale=6.0),
+    "flux": dict(prompt="a green triangle", height=64, width=64, guidance_scale=3.5, max_sequence_length=32),
+}
+BUILDERS = {"wan": build_tiny_wan_pipeline, "cogvideox": build_tiny_cogvideox_pipeline, "flux": build_tiny_flux_pipeline}
+# Forwards of the denoiser per step: Wan runs CFG as two passes, CogVideoX batches it, Flux has no CFG pass.
+FORWARDS_PER_STEP = {"wan": 2, "cogvideox": 1, "flux": 1}
+
+
+def _run(pipe, family, steps=STEPS, seed=0, **extra):
+    kwargs = dict(CALLS[family], num_inference_steps=steps, output_type="np", **extra)
+    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed))
+    return out.frames[0] if hasattr(out, "frames") else out.images[0]
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    built = {}
+    for family, build in BUILDERS.items():
+        pipe = build()
+        pipe.set_progress_bar_config(disable=True)
+        built[family] = (pipe, _run(pipe, family))
+    return built
+
+
+def _spy(handle):
+    """Record (step, context, layer, q shape) of every attention call the controller serves."""
+    calls = []
+    original = handle.controller.attention
+
+    def attention(layer, q, k, v, scale, dense_fn):
+        calls.append((handle.controller.step, handle.controller.context, layer, tuple(q.shape)))
+        return original(layer, q, k, v, scale, dense_fn)
+
+    handle.controller.attention = attention
+    return calls
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "flux"])
+def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
+    pipe, baseline = pipes[family]
+    with accelerate_pipeline(pipe, dense_steps=STEPS, block_size=16) as handle:
+        out = _run(pipe, family)
+        report = handle.report()
+    assert np.array_equal(out, baseline)
+    assert report["dense_steps"] == STEPS and report["sparse_steps"] == 0
+    assert report["calls"]["build"] == 0 and report["calls"]["sparse"] == 0 and report["calls"]["dense"] > 0
+    assert np.array_equal(_run(pipe, family), baseline), "leaving the context manager must remove the hooks"
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "flux"])
+def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
+    pipe, baseline = pipes[family]
+    handle = accelerate_pipeline(pipe, dense_steps=1, block_size=16, policy="topk", topk_ratio=0.5, refresh_threshold=0)
+    calls = _spy(handle)
+    out = _run(pipe, family)
+    report = json.loads(json.dumps(handle.report()))
+    n_layers = len(handle.layer_names)
+    per_step = n_layers * FORWARDS_PER_STEP[family]
+    assert np.isfinite(out).all() and out.shape == baseline.shape
+    assert report["total_steps"] == STEPS and report["dense_steps"] == 1 and report["sparse_steps"] == STEPS - 1
+    assert report["calls"] == {"dense": 0, "build": per_step, "sparse": per_step * (STEPS - 1)}
+    assert sorted({c[0] for c in calls}) == list(range(STEPS))
+    assert 0 < report["density"] < 1
+    assert 0 < report["kept_mass"] <= 1.05 and 0 < report["build_kept_mass"] <= 1.0
+    for name, layer in report["layers"].items():
+        assert len(layer["head_density"]) == pipe.transformer.config.num_attention_heads
+        assert layer["calls"]["sparse"] == FORWARDS_PER_STEP[family] * (STEPS - 1)
+    assert report["fallbacks"] == [] and report["passthrough"] == []
+    assert report["weights"] == "random" and report["adapter"] == family
+    handle.remove()
+    assert not hasattr(pipe.transformer._diffusers_hook, "hooks") or DENOISER_HOOK not in pipe.transformer._diffusers_hook.hooks
+    assert np.array_equal(_run(pipe, family), baseline)
+
+
+def test_keep_all_sparse_path_equals_dense_and_partial_masks_stay_close(pipes):
+    pipe, baseline = pipes["wan"]
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, mass_threshold=1.0) as handle:
+        out = _run(pipe, "wan")
+        report = handle.report()
+    assert report["calls"]["sparse"] > 0 and report["density"] == 1.0
+    assert float(np.abs(out - baseline).max()) < 1e-5, "keep-all masks must reproduce dense attention"
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, mass_threshold=0.9) as handle:
+        out = _run(pipe, "wan")
+        report = handle.report()
+    assert report["density"] < 1.0
+    assert abs(report["kept_mass"] - report["build_kept_mass"]) < 0.05
+    assert float(np.abs(out - baseline).mean()) < 0.01
+
+
+def test_split_and_batched_cfg_give_the_same_step_indices(pipes):
+    seen = {}
+    for family in ("wan", "cogvideox"):
+        pipe, _ = pipes[family]
+        with accelerate_pipeline(pipe, dense_steps=2, block_size=16) as handle:
+            calls = _spy(handle)
+            _run(pipe, family)
+            report = handle.report()
+        steps = [c[0] for c in calls]
+        per_step = len(handle.layer_names) * FORWARDS_PER_STEP[family]
+        assert steps == sorted(steps)
+        assert [steps.count(s) for s in range(STEPS)] == [per_step] * STEPS
+        seen[family] = (sorted(set(steps)), report["dense_steps"], report["sparse_steps"])
+        if family == "wan":
+            assert {c[1][0] for c in calls} == {"cond", "uncond"}
+        else:
+            assert {c[3][0] for c in calls} == {2}, "CogVideoX batches CFG: B=2 in one call"
+    assert seen["wan"] == seen["cogvideox"] == (list(range(STEPS)), 2, 2)
+
+
+def test_second_order_scheduler_counts_steps_not_forwards(pipes):
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe, _ = pipes["wan"]
+    original = pipe.scheduler
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(original.config)
+    try:
+        with accelerate_pipeline(pipe, dense_steps=2, block_size=16) as handle:
+            calls = _spy(handle)
+            out = _run(pipe, "wan", steps=3)
+            report = handle.report()
+        assert len(pipe.scheduler.timesteps) == 5  # Heun: 2N - 1 model evaluations
+    finally:
+        pipe.scheduler = original
+    assert np.isfinite(out).all()
+    assert report["total_steps"] == 3 and report["dense_steps"] == 2 and report["sparse_steps"] == 1
+    assert sorted({c[0] for c in calls}) == [0, 1, 2]
+    assert count_denoising_steps([999, 500, 500, 10, 10]) == 3
+
+
+def test_only_denoiser_self_attention_is_intercepted(pipes):
+    pipe, _ = pipes["wan"]
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16) as handle:
+        calls = _spy(handle)
+        _run(pipe, "wan")
+    assert {c[2] for c in calls} == {"blocks.0.attn1", "blocks.1.attn1"}
+    assert all(c[3][2] == 3 * 8 * 8 for c in calls)  # video tokens only; text/VAE/cross-attention untouched
+    # the generic adapter hooks attn2 too, but cross-attention (Sq != Sk) passes through and is reported
+    with accelerate_pipeline(pipe, adapter="generic", dense_steps=1, block_size=16) as handle:
+        _run(pipe, "wan")
+        report = handle.report()
+    reasons = {(p["layer"], p["reason"]) for p in report["passthrough"]}
+    assert ("blocks.0.attn2", "cross-attention (Sq != Sk)") in reasons
+    assert report["calls"]["sparse"] > 0
+
+
+def test_fraction_dense_layers_refresh_and_identical_repeat_calls(pipes):
+    pipe, _ = pipes["wan"]
+    with accelerate_pipeline(pipe, dense_steps=0.5, block_size=16, dense_layers=(0,), refresh_threshold=1.0) as handle:
+        first = _run(pipe, "wan")
+        second = _run(pipe, "wan")
+        report = handle.report()
+    assert np.array_equal(first, second), "state must reset between calls"
+    assert [r["dense_steps"] for r in report["runs"]] == [2, 2]
+    assert report["layers"]["blocks.0.attn1"]["always_dense"]
+    assert report["layers"]["blocks.0.attn1"]["calls"].get("sparse", 0) == 0
+    # refresh_threshold=1.0: every sparse step's estimate falls short, so the next step re-plans
+    assert report["replans"].get("kept-mass estimate below refresh_threshold", 0) > 0
+
+
+def test_accelerate_twice_reconfigures_instead_of_stacking(pipes):
+    pipe, baseline = pipes["wan"]
+    first = accelerate_pipeline(pipe, dense_steps=1, block_size=16)
+    second = accelerate_pipeline(pipe, SparseAttentionConfig(dense_steps=STEPS, block_size=32))
+    assert first.removed and not second.removed
+    registry = pipe.transformer.blocks[0].attn1._diffusers_hook
+    assert list(registry.hooks) == [ATTENTION_HOOK]
+    assert np.array_equal(_run(pipe, "wan"), baseline)
+    second.remove()
+
+
+def test_clear_errors_for_unsupported_models_and_bad_config(pipes):
+    pipe, _ = pipes["wan"]
+    with pytest.raises(SparseDiffusionError, match="not a supported denoiser"):
+        accelerate_model(pipe.vae)
+    with pytest.raises(SparseDiffusionError, match="dense_layers entry"):
+        accelerate_pipeline(pipe, dense_layers=("nope",))
+    with pytest.raises(SparseDiffusionError, match="unknown SparseAttentionConfig fields"):
+        accelerate_pipeline(pipe, dense_step=3)
+    with pytest.raises(SparseDiffusionError, match="no `transformer`"):
+        accelerate_pipeline(object())
+    with accelerate_model(pipe.transformer, dense_steps=0.5, block_size=16):
+        with pytest.raises(SparseDiffusionError, match="fraction"):
+            _run(pipe, "wan")
+
+
+def test_accelerate_model_counts_calls_from_timesteps(pipes):
+    pipe, baseline = pipes["wan"]
+    with accelerate_model(pipe.transformer, num_inference_steps=STEPS, dense_steps=STEPS, block_size=16) as handle:
+        assert np.array_equal(_run(pipe, "wan"), baseline)
+        _run(pipe, "wan")
+        assert len(handle.report()["runs"]) == 2
