@@ -67,6 +67,10 @@ class SparseHandle:
         path.write_text(json.dumps(self.report(), indent=2))
         return path
 
+    def masks(self) -> dict:
+        """Latest block mask built for each layer (`BlockSparseMask` on CPU), kept after the pipeline call ends."""
+        return dict(self.controller.last_masks)
+
     def reset(self) -> None:
         """Drop the current call's state and all cached masks (the next forward starts a new call)."""
         self.controller.reset()

@@ -93,6 +93,7 @@ class SparseController:
         self.stats: dict[str, LayerStats] = defaultdict(LayerStats)
         self.passthrough: Counter = Counter()
         self.runs: list[dict] = []
+        self.last_masks: dict[str, BlockSparseMask] = {}  # latest build per layer, kept after the call for pictures
         self._end_call()
 
     def _resolve_dense_layers(self, entries) -> set[str]:
@@ -222,6 +223,7 @@ class SparseController:
         mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
         build_kept = kept_mass(mass, mask)
         self.plans[key] = LayerPlan(mask, lse, geometry, self.step, build_kept)
+        self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
         return out
 
