@@ -73,6 +73,10 @@ class SparseAttentionConfig:
             In sparse steps the kernel's LSE against the cached dense LSE estimates the kept mass
             `exp(lse_sparse - lse_dense)` per head; when a layer's mean estimate falls below this value the layer is
             re-planned from a dense pass at its next call. `0` disables re-planning.
+        sparse_density_limit (`float` or `None`, defaults to `None`):
+            A layer whose planned mask keeps more than this share of key blocks runs dense attention in sparse steps
+            instead (sparse kernels lose to dense SDPA above their break-even density). `None` uses the chosen
+            backend's measured break-even (`ops.BREAK_EVEN_DENSITY`); `1.0` always runs sparse.
         keep_text_tokens (`bool`, defaults to `True`):
             Keep joint-attention text tokens (CogVideoX, Flux put them first) as dense rows and columns.
         collect_timings (`bool`, defaults to `True`):
@@ -89,6 +93,7 @@ class SparseAttentionConfig:
     dense_layers: tuple[str | int, ...] = field(default_factory=tuple)
     backend: str = "auto"
     refresh_threshold: float = 0.7
+    sparse_density_limit: float | None = None
     keep_text_tokens: bool = True
     collect_timings: bool = True
 
@@ -123,6 +128,13 @@ class SparseAttentionConfig:
         if isinstance(rt, bool) or not isinstance(rt, (int, float)) or not (0.0 <= float(rt) <= 1.0):
             raise SparseDiffusionError(f"refresh_threshold={rt!r} must be a number in [0, 1] (0 disables re-planning).")
         self.refresh_threshold = float(rt)
+        limit = self.sparse_density_limit
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (0.0 < float(limit) <= 1.0):
+                raise SparseDiffusionError(
+                    f"sparse_density_limit={limit!r} must be a number in (0, 1] or None (backend break-even)."
+                )
+            self.sparse_density_limit = float(limit)
         if self.backend not in BACKENDS:
             raise SparseDiffusionError(f"backend={self.backend!r} is not known; choose one of {BACKENDS}.")
         if isinstance(self.dense_layers, (str, int)):

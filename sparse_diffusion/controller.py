@@ -40,6 +40,8 @@ class LayerPlan:
     geometry: tuple
     built_step: int
     build_kept_mass: torch.Tensor  # [B, H]
+    backend: str
+    dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
 
 
@@ -54,6 +56,7 @@ class LayerStats:
     replans: Counter = field(default_factory=Counter)
     fallbacks: Counter = field(default_factory=Counter)
     backends: Counter = field(default_factory=Counter)
+    planned_density: list = field(default_factory=list)
 
 
 def _add(acc: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
@@ -222,16 +225,25 @@ class SparseController:
         sq, sk = q.shape[2], k.shape[2]
         mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
         build_kept = kept_mass(mass, mask)
-        self.plans[key] = LayerPlan(mask, lse, geometry, self.step, build_kept)
+        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True)
+        limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
+        density = float(mask.density().mean())
+        dense_reason = None
+        if density > limit:
+            dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
+        self.plans[key] = LayerPlan(mask, lse, geometry, self.step, build_kept, backend, dense_reason)
+        stats.planned_density.append(density)
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
         return out
 
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]
-        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True)
-        out, lse = ops.block_sparse_attention(q, k, v, plan.mask, scale=scale, backend=backend)
-        stats.backends[backend] += 1
+        if plan.dense_reason:
+            stats.fallbacks[plan.dense_reason] += 1
+            return dense_fn(), False
+        out, lse = ops.block_sparse_attention(q, k, v, plan.mask, scale=scale, backend=plan.backend)
+        stats.backends[plan.backend] += 1
         if not torch.isfinite(out).all():
             stats.fallbacks["non-finite sparse output; recomputed dense"] += 1
             return dense_fn(), False

@@ -21,6 +21,11 @@ from .errors import SparseDiffusionError
 logger = logging.getLogger(__name__)
 
 
+# Mask density above which a backend is slower than dense SDPA (measured with `sparse-diffusion bench attention`;
+# CPU: 2 threads, N = 2k-8k, fp32; GPU: the Triton kernel's target of 85% of ideal).
+BREAK_EVEN_DENSITY = {"triton": 0.9, "flex": 0.7, "gather": 0.6, "reference": 1.0}
+
+
 def _triton_reasons(q: torch.Tensor, need_lse: bool) -> list[str]:
     try:
         from .kernels import launch

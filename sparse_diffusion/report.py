@@ -59,6 +59,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
             "calls": dict(st.calls),
             "time_s": {k: round(v, 6) for k, v in st.time_s.items()},
             "density": density,
+            "planned_density": _avg(st.planned_density),
             "head_density": head_density,
             "kept_mass": _avg(head_mass),
             "head_kept_mass": head_mass,

@@ -59,7 +59,7 @@ def _spy(handle):
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "flux"])
 def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
     pipe, baseline = pipes[family]
-    with accelerate_pipeline(pipe, dense_steps=STEPS, block_size=16) as handle:
+    with accelerate_pipeline(pipe, dense_steps=STEPS, block_size=16, sparse_density_limit=1.0) as handle:
         out = _run(pipe, family)
         report = handle.report()
     assert np.array_equal(out, baseline)
@@ -71,7 +71,7 @@ def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "flux"])
 def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
     pipe, baseline = pipes[family]
-    handle = accelerate_pipeline(pipe, dense_steps=1, block_size=16, policy="topk", topk_ratio=0.5, refresh_threshold=0)
+    handle = accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, policy="topk", topk_ratio=0.5, refresh_threshold=0)
     calls = _spy(handle)
     out = _run(pipe, family)
     report = json.loads(json.dumps(handle.report()))
@@ -95,12 +95,12 @@ def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
 
 def test_keep_all_sparse_path_equals_dense_and_partial_masks_stay_close(pipes):
     pipe, baseline = pipes["wan"]
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, mass_threshold=1.0) as handle:
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, mass_threshold=1.0) as handle:
         out = _run(pipe, "wan")
         report = handle.report()
     assert report["calls"]["sparse"] > 0 and report["density"] == 1.0
     assert float(np.abs(out - baseline).max()) < 1e-5, "keep-all masks must reproduce dense attention"
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, mass_threshold=0.9) as handle:
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, mass_threshold=0.9) as handle:
         out = _run(pipe, "wan")
         report = handle.report()
     assert report["density"] < 1.0
@@ -112,7 +112,7 @@ def test_split_and_batched_cfg_give_the_same_step_indices(pipes):
     seen = {}
     for family in ("wan", "cogvideox"):
         pipe, _ = pipes[family]
-        with accelerate_pipeline(pipe, dense_steps=2, block_size=16) as handle:
+        with accelerate_pipeline(pipe, dense_steps=2, block_size=16, sparse_density_limit=1.0) as handle:
             calls = _spy(handle)
             _run(pipe, family)
             report = handle.report()
@@ -135,7 +135,7 @@ def test_second_order_scheduler_counts_steps_not_forwards(pipes):
     original = pipe.scheduler
     pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(original.config)
     try:
-        with accelerate_pipeline(pipe, dense_steps=2, block_size=16) as handle:
+        with accelerate_pipeline(pipe, dense_steps=2, block_size=16, sparse_density_limit=1.0) as handle:
             calls = _spy(handle)
             out = _run(pipe, "wan", steps=3)
             report = handle.report()
@@ -150,13 +150,13 @@ def test_second_order_scheduler_counts_steps_not_forwards(pipes):
 
 def test_only_denoiser_self_attention_is_intercepted(pipes):
     pipe, _ = pipes["wan"]
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=16) as handle:
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
         calls = _spy(handle)
         _run(pipe, "wan")
     assert {c[2] for c in calls} == {"blocks.0.attn1", "blocks.1.attn1"}
     assert all(c[3][2] == 3 * 8 * 8 for c in calls)  # video tokens only; text/VAE/cross-attention untouched
     # the generic adapter hooks attn2 too, but cross-attention (Sq != Sk) passes through and is reported
-    with accelerate_pipeline(pipe, adapter="generic", dense_steps=1, block_size=16) as handle:
+    with accelerate_pipeline(pipe, adapter="generic", dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
         _run(pipe, "wan")
         report = handle.report()
     reasons = {(p["layer"], p["reason"]) for p in report["passthrough"]}
@@ -166,7 +166,7 @@ def test_only_denoiser_self_attention_is_intercepted(pipes):
 
 def test_fraction_dense_layers_refresh_and_identical_repeat_calls(pipes):
     pipe, _ = pipes["wan"]
-    with accelerate_pipeline(pipe, dense_steps=0.5, block_size=16, dense_layers=(0,), refresh_threshold=1.0) as handle:
+    with accelerate_pipeline(pipe, dense_steps=0.5, block_size=16, sparse_density_limit=1.0, dense_layers=(0,), refresh_threshold=1.0) as handle:
         first = _run(pipe, "wan")
         second = _run(pipe, "wan")
         report = handle.report()
@@ -180,7 +180,7 @@ def test_fraction_dense_layers_refresh_and_identical_repeat_calls(pipes):
 
 def test_accelerate_twice_reconfigures_instead_of_stacking(pipes):
     pipe, baseline = pipes["wan"]
-    first = accelerate_pipeline(pipe, dense_steps=1, block_size=16)
+    first = accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0)
     second = accelerate_pipeline(pipe, SparseAttentionConfig(dense_steps=STEPS, block_size=32))
     assert first.removed and not second.removed
     registry = pipe.transformer.blocks[0].attn1._diffusers_hook
@@ -199,14 +199,27 @@ def test_clear_errors_for_unsupported_models_and_bad_config(pipes):
         accelerate_pipeline(pipe, dense_step=3)
     with pytest.raises(SparseDiffusionError, match="no `transformer`"):
         accelerate_pipeline(object())
-    with accelerate_model(pipe.transformer, dense_steps=0.5, block_size=16):
+    with accelerate_model(pipe.transformer, dense_steps=0.5, block_size=16, sparse_density_limit=1.0):
         with pytest.raises(SparseDiffusionError, match="fraction"):
             _run(pipe, "wan")
 
 
 def test_accelerate_model_counts_calls_from_timesteps(pipes):
     pipe, baseline = pipes["wan"]
-    with accelerate_model(pipe.transformer, num_inference_steps=STEPS, dense_steps=STEPS, block_size=16) as handle:
+    with accelerate_model(pipe.transformer, num_inference_steps=STEPS, dense_steps=STEPS, block_size=16, sparse_density_limit=1.0) as handle:
         assert np.array_equal(_run(pipe, "wan"), baseline)
         _run(pipe, "wan")
         assert len(handle.report()["runs"]) == 2
+
+
+def test_dense_masks_above_break_even_run_dense_and_say_so(pipes):
+    pipe, baseline = pipes["wan"]
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, mass_threshold=1.0, sparse_density_limit=0.5) as h:
+        out = _run(pipe, "wan")
+        report = h.report()
+    assert report["calls"]["sparse"] == 0 and report["sparse_steps"] == 0
+    assert all(layer["planned_density"] == 1.0 for layer in report["layers"].values())
+    assert {f["reason"] for f in report["fallbacks"]} == {
+        "planned density above the sparse break-even 0.50 of backend gather; ran dense"
+    }
+    assert float(np.abs(out - baseline).max()) < 1e-5
