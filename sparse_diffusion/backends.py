@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 # Gathered K/V per chunk of query blocks; small enough to stay in the last-level cache of a CPU.
 _GATHER_CHUNK_BYTES = 24 * 2**20
 # Score matrix per chunk of the dense-with-stats pass.
-_STATS_CHUNK_BYTES = 256 * 2**20
+_STATS_CHUNK_BYTES = 32 * 2**20
 _FLEX_RECOMPILE_LIMIT = 64
 
 
@@ -158,6 +158,8 @@ def chunked_dense_with_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dense attention, LSE and per-tile mass, chunked over query blocks (never Sq x Sk at once).
 
+    On CPU without GQA the output and LSE come from PyTorch's fused flash kernel and one extra pass recomputes the
+    scores chunk by chunk to sum `exp(s - lse)` per tile; otherwise each chunk's scores give LSE, output and mass.
     Statistics accumulate in float32 (float64 for float64 input). GQA multiplies grouped query heads against their
     K/V head without repeating K/V.
     """
@@ -167,25 +169,41 @@ def chunked_dense_with_stats(
     bq, bk = block_size
     qb, kb = num_blocks(sq, bq), num_blocks(sk, bk)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    kc, vc = k.to(acc), v.to(acc)
+    kc = k.to(acc)
     k_t = kc.transpose(-1, -2)
     dv = v.shape[-1]
-    out = torch.empty(b, h, sq, dv, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    fused = q.device.type == "cpu" and groups == 1
+    if fused:
+        out, lse = _attend_with_lse(q, k, v, scale)
+        vc = None
+    else:
+        out = torch.empty(b, h, sq, dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+        vc = v.to(acc)
     mass = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
     row_bytes = b * h * kb * bk * torch.finfo(acc).bits // 8
     chunk = max(bq, (_STATS_CHUNK_BYTES // max(1, row_bytes)) // bq * bq)
+    buffers: dict[int, torch.Tensor] = {}  # reused score buffers: fresh 100 MB allocations cost page faults
+    full = sk // bk
     for s in range(0, sq, chunk):
         e = min(sq, s + chunk)
         r = e - s
-        qc = q[:, :, s:e].to(acc).reshape(b, hk, groups * r, d)
-        scores = torch.matmul(qc, k_t).mul_(scale)
-        row_lse = torch.logsumexp(scores, dim=-1)
+        qc = (q[:, :, s:e].to(acc) * scale).reshape(b, hk, groups * r, d)
+        if r not in buffers:
+            buffers[r] = torch.empty(b, hk, groups * r, sk, dtype=acc, device=q.device)
+        scores = torch.matmul(qc, k_t, out=buffers[r])
+        if fused:
+            row_lse = lse[:, :, s:e].to(acc).reshape(b, hk, groups * r)
+        else:
+            row_lse = torch.logsumexp(scores, dim=-1)
         probs = scores.sub_(row_lse[..., None]).exp_()
-        out[:, :, s:e] = torch.matmul(probs, vc).reshape(b, h, r, dv).to(q.dtype)
-        lse[:, :, s:e] = row_lse.reshape(b, h, r).float()
-        probs = F.pad(probs.reshape(b, h, r, sk), (0, kb * bk - sk))
-        row_mass = probs.reshape(b, h, r, kb, bk).sum(-1)
+        if not fused:
+            out[:, :, s:e] = torch.matmul(probs, vc).reshape(b, h, r, dv).to(q.dtype)
+            lse[:, :, s:e] = row_lse.reshape(b, h, r).float()
+        probs = probs.view(b, h, r, sk)
+        row_mass = probs[..., : full * bk].unflatten(-1, (full, bk)).sum(-1)  # a view: no copy of the scores
+        if full < kb:
+            row_mass = torch.cat([row_mass, probs[..., full * bk :].sum(-1, keepdim=True)], dim=-1)
         nq = num_blocks(r, bq)
         row_mass = F.pad(row_mass, (0, 0, 0, nq * bq - r)).reshape(b, h, nq, bq, kb).sum(3)
         rows = torch.full((nq,), float(bq), dtype=row_mass.dtype, device=q.device)
