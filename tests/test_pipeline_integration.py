@@ -223,3 +223,16 @@ def test_dense_masks_above_break_even_run_dense_and_say_so(pipes):
         "planned density above the sparse break-even 0.50 of backend gather; ran dense"
     }
     assert float(np.abs(out - baseline).max()) < 1e-5
+
+
+@pytest.mark.parametrize("family, text_len", [("cogvideox", 226), ("flux", 32)])
+def test_joint_text_tokens_are_dense_rows_and_columns(pipes, family, text_len):
+    pipe, _ = pipes[family]
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, policy="topk", topk_ratio=0.1) as handle:
+        _run(pipe, family)
+        masks = handle.masks()
+    text_blocks = -(-text_len // 16)
+    for name, mask in masks.items():
+        table = mask.to_dense()
+        assert table[:, :, :text_blocks, :].all() and table[:, :, :, :text_blocks].all(), name
+        assert not table[:, :, text_blocks:, text_blocks:].all(), "video/image tiles must be sparse"
