@@ -1,0 +1,145 @@
+"""Triton kernels in Triton's interpreter (TRITON_INTERPRET=1 from conftest): against a float64 reference with the
+flash-attn tolerance rule (error <= 2x PyTorch's own same-precision error), outputs poisoned before the call."""
+
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_diffusion import BlockSparseMask, ops
+from sparse_diffusion.reference import block_sparse_attention_reference, dense_attention_with_stats_reference
+
+
+triton = pytest.importorskip("triton")
+launch = pytest.importorskip("sparse_diffusion.kernels.launch")
+if not launch.interpreting():  # pragma: no cover - conftest sets it
+    pytest.skip("needs TRITON_INTERPRET=1 set before kernels are imported", allow_module_level=True)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Kernel outputs start as NaN, so any element the kernel does not write fails the comparison."""
+    shim = types.SimpleNamespace(**{n: getattr(torch, n) for n in dir(torch) if not n.startswith("__")})
+    shim.empty = lambda *a, **k: torch.empty(*a, **k).fill_(float("nan"))
+    shim.empty_like = lambda *a, **k: torch.empty_like(*a, **k).fill_(float("nan"))
+    monkeypatch.setattr(launch, "torch", shim)
+
+
+def _inputs(b, h, hk, sq, sk, d, dtype, permuted):
+    if permuted:  # diffusers' [B, S, H, D] viewed as [B, H, S, D]
+        q = torch.randn(b, sq, h, d).transpose(1, 2)
+        k, v = (torch.randn(b, sk, hk, d).transpose(1, 2) for _ in range(2))
+    else:
+        q = torch.randn(b, h, sq, d)
+        k, v = (torch.randn(b, hk, sk, d) for _ in range(2))
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _mask(b, h, sq, sk, block, seed):
+    gen = torch.Generator().manual_seed(seed)
+    qb, kb = -(-sq // block[0]), -(-sk // block[1])
+    table = torch.rand(b, h, qb, kb, generator=gen) < 0.45
+    table[0, -1, 0] = torch.rand(kb, generator=gen) < 0.8  # ragged
+    table[0, 0, 0] = False  # empty row
+    table[-1, -1, -1] = True  # full row, with the partial tail key block
+    return BlockSparseMask.from_dense(table, block, (sq, sk))
+
+
+def _torch_error(q, k, v, token_mask, scale, ref):
+    g = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=token_mask, scale=scale
+    )
+    return float(((out.double() - ref) * token_mask.any(-1, keepdim=True)).abs().max())
+
+
+def _ulp(dtype, ref):
+    """One unit in the last place at the output's magnitude: the interpreter truncates fp32 -> bf16 stores."""
+    return float(ref.abs().max()) * {torch.float32: 0.0, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+
+
+CASES = [
+    # b, h, hk, sq, sk, d, block, permuted
+    (1, 2, 2, 97, 97, 64, (32, 32), False),
+    (2, 4, 2, 300, 300, 64, (64, 64), True),
+    (1, 2, 1, 200, 333, 128, (64, 32), False),  # Sq != Sk, GQA, head dim 128
+    (1, 3, 3, 130, 130, 40, (32, 64), True),  # odd head dim padded to 64
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}q{c[3]}k{c[4]}d{c[5]}")
+def test_block_sparse_kernel_matches_float64(case, dtype, poisoned):
+    b, h, hk, sq, sk, d, block, permuted = case
+    q, k, v = _inputs(b, h, hk, sq, sk, d, dtype, permuted)
+    mask = _mask(b, h, sq, sk, block, seed=d)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="triton")
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, mask)
+    token_mask = mask.to_token_mask()
+    empty = ~token_mask.any(-1)
+    assert empty.any()
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "unwritten (poisoned) elements"
+    assert (out[empty] == 0).all() and torch.isneginf(lse[empty]).all()
+    err = float((out.double() - ref).abs().max())
+    allowed = 2 * _torch_error(q, k, v, token_mask, 1 / math.sqrt(d), ref) + _ulp(dtype, ref) + 1e-6
+    assert err <= allowed, (err, allowed)
+    assert float((lse - ref_lse)[~empty].abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES[:3], ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}q{c[3]}k{c[4]}d{c[5]}")
+def test_dense_stats_kernel_matches_float64(case, dtype, poisoned):
+    b, h, hk, sq, sk, d, block, permuted = case
+    q, k, v = _inputs(b, h, hk, sq, sk, d, dtype, permuted)
+    out, lse, mass = ops.dense_attention_with_stats(q, k, v, block, backend="triton")
+    ref, ref_lse, ref_mass = dense_attention_with_stats_reference(q, k, v, block)
+    assert not any(torch.isnan(t).any() for t in (out, lse, mass)), "unwritten (poisoned) elements"
+    full = torch.ones(b, h, sq, sk, dtype=torch.bool)
+    allowed = 2 * _torch_error(q, k, v, full, 1 / math.sqrt(d), ref) + _ulp(dtype, ref) + 1e-6
+    assert float((out.double() - ref).abs().max()) <= allowed
+    assert float((lse - ref_lse).abs().max()) < 1e-4
+    assert float((mass - ref_mass).abs().max()) < 1e-5
+    assert torch.allclose(mass.sum(-1), torch.ones_like(mass[..., 0]), atol=1e-5)
+
+
+def test_scale_and_batch_broadcast_mask(poisoned):
+    q, k, v = _inputs(3, 2, 2, 128, 128, 64, torch.float32, False)
+    mask = _mask(1, 2, 128, 128, (32, 32), seed=3)  # B=1 mask serves B=3
+    out, lse = ops.block_sparse_attention(q, k, v, mask, scale=0.05, backend="triton")
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, mask, scale=0.05)
+    assert float((out.double() - ref).abs().max()) < 1e-5
+
+
+def test_custom_ops_trace_without_graph_breaks():
+    q, k, v = _inputs(1, 2, 2, 64, 64, 32, torch.float32, False)
+    mask = _mask(1, 2, 64, 64, (32, 32), seed=0)
+
+    def fn(q, k, v, num, idx):
+        return torch.ops.sparse_diffusion.block_sparse_fwd(q, k, v, num, idx, 32, 32, 0.125)
+
+    compiled = torch.compile(fn, backend="eager", fullgraph=True)
+    out, lse = compiled(q, k, v, mask.kv_num_blocks, mask.kv_indices)
+    ref, _ = block_sparse_attention_reference(q, k, v, mask, scale=0.125)
+    assert float((out.double() - ref).abs().max()) < 1e-5
+    torch.library.opcheck(
+        torch.ops.sparse_diffusion.block_sparse_fwd.default,
+        (q, k, v, mask.kv_num_blocks, mask.kv_indices, 32, 32, 0.125),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.sparse_diffusion.dense_fwd_stats.default, (q, k, v, 32, 32, 0.125),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_triton_reasons_and_config_override(monkeypatch):
+    assert launch.not_supported_reasons(torch.zeros(1, 1, 4, 512)) == ["head dim 512 > 256"]
+    assert "not supported" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, dtype=torch.float64))[0]
+    monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "num_warps=8,num_stages=3")
+    (config,) = launch._configs()
+    assert config.num_warps == 8 and config.num_stages == 3
+    monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "warps=8")
+    with pytest.raises(Exception, match="num_warps=4,num_stages=2"):
+        launch._configs()
