@@ -4,10 +4,19 @@ Public names: `accelerate_pipeline`, `accelerate_model`, `SparseAttentionConfig`
 `BlockSparseMask`, `SparseDiffusionError`; tensor ops live in `sparse_diffusion.ops`.
 """
 
-from .api import SparseHandle, accelerate_model, accelerate_pipeline
-from .block_mask import BlockSparseMask
-from .config import SparseAttentionConfig
-from .errors import SparseDiffusionError
+from pathlib import Path as _Path
+
+
+# Installed, pyproject maps the root folders kernels/ and pipelines/ into this package. Imported straight from a
+# source checkout (repository root on sys.path), they sit beside it: let the package path reach them.
+_here = _Path(__file__).resolve().parent
+if not (_here / "pipelines").is_dir() and (_here.parent / "pipelines" / "base.py").is_file():
+    __path__.append(str(_here.parent))  # noqa: F821 - __path__ is defined for packages
+
+from .api import SparseHandle  # noqa: E402, accelerate_model, accelerate_pipeline
+from .block_mask import BlockSparseMask  # noqa: E402
+from .config import SparseAttentionConfig  # noqa: E402
+from .errors import SparseDiffusionError  # noqa: E402
 
 
 __all__ = [
