@@ -13,7 +13,7 @@ _here = _Path(__file__).resolve().parent
 if not (_here / "pipelines").is_dir() and (_here.parent / "pipelines" / "base.py").is_file():
     __path__.append(str(_here.parent))  # noqa: F821 - __path__ is defined for packages
 
-from .api import SparseHandle  # noqa: E402, accelerate_model, accelerate_pipeline
+from .api import SparseHandle, accelerate_model, accelerate_pipeline  # noqa: E402
 from .block_mask import BlockSparseMask  # noqa: E402
 from .config import SparseAttentionConfig  # noqa: E402
 from .errors import SparseDiffusionError  # noqa: E402
