@@ -13,7 +13,6 @@ _here = _Path(__file__).resolve().parent
 if not (_here / "pipelines").is_dir() and (_here.parent / "pipelines" / "base.py").is_file():
     __path__.append(str(_here.parent))  # noqa: F821 - __path__ is defined for packages
 
-from .api import SparseHandle, accelerate_model, accelerate_pipeline  # noqa: E402
 from .block_mask import BlockSparseMask  # noqa: E402
 from .config import SparseAttentionConfig  # noqa: E402
 from .errors import SparseDiffusionError  # noqa: E402
@@ -28,3 +27,13 @@ __all__ = [
     "accelerate_pipeline",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"SparseHandle", "accelerate_model", "accelerate_pipeline"}  # need diffusers; the tensor ops do not
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sparse_diffusion' has no attribute {name!r}")

@@ -23,6 +23,9 @@ from .reference import attention_reference
 logger = logging.getLogger(__name__)
 
 SPARSE_BACKENDS = ("triton", "flex", "gather", "reference")
+# Rows that are not sparse backends: dense SDPA (the baseline), FlashAttention (CUDA, where installed) and the build
+# step's dense attention with LSE and per-tile mass (`ops.dense_attention_with_stats`, auto backend).
+OTHER_ROWS = ("dense", "flash_attn", "build")
 
 
 def random_block_mask(
@@ -86,9 +89,9 @@ def bench_attention(
     Raises:
         SparseDiffusionError: unknown backend name or bad sizes.
     """
-    unknown = [b for b in backends if b not in ("dense",) + SPARSE_BACKENDS]
+    unknown = [b for b in backends if b not in OTHER_ROWS + SPARSE_BACKENDS]
     if unknown:
-        raise SparseDiffusionError(f"unknown backends {unknown}; choose from {('dense',) + SPARSE_BACKENDS}.")
+        raise SparseDiffusionError(f"unknown backends {unknown}; choose from {OTHER_ROWS + SPARSE_BACKENDS}.")
     kv_heads = kv_heads or heads
     if seq_len < 1 or heads < 1 or head_dim < 1 or heads % kv_heads or not 0 < density <= 1:
         raise SparseDiffusionError(
@@ -115,9 +118,19 @@ def bench_attention(
     dense_time = None
     for name in backends:
         entry = {"backend": name}
+        dense_pairs = float(batch * heads) * seq_len * seq_len
         if name == "dense":
             fn = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != heads)  # noqa: E731
-            ref, pairs, lse_flag = ref_dense, float(batch * heads) * seq_len * seq_len, False
+            ref, pairs, lse_flag = ref_dense, dense_pairs, False
+        elif name == "build":
+            fn = lambda: ops.dense_attention_with_stats(q, k, v, block_size)  # noqa: E731
+            ref, pairs, lse_flag = ref_dense, dense_pairs, True
+        elif name == "flash_attn":
+            fn = _flash_attn_fn(q, k, v)
+            if isinstance(fn, str):
+                results.append({"backend": name, "skipped": fn})
+                continue
+            ref, pairs, lse_flag = ref_dense, dense_pairs, False
         else:
             need_lse = not (name == "flex" and dev.type == "cpu")
             reasons = ops.sparse_backend_reasons(q, need_lse)[name]
@@ -153,6 +166,18 @@ def bench_attention(
         "threads": torch.get_num_threads(),
     }
     return {"setup": setup, "results": results}
+
+
+def _flash_attn_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """FlashAttention's dense forward on the same inputs, or the reason it cannot run."""
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        return "FlashAttention needs CUDA and float16/bfloat16"
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return "flash_attn is not installed"
+    qs, ks, vs = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # its layout is [B, S, H, D]
+    return lambda: flash_attn_func(qs, ks, vs).transpose(1, 2)
 
 
 def _kept_pairs(mask: BlockSparseMask) -> float:

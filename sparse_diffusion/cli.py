@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--density", type=float, default=0.2)
     att.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     att.add_argument("--block-size", default="128", help="BLOCK or BLOCK_Q,BLOCK_K tokens (default: %(default)s)")
-    att.add_argument("--backends", default="dense,flex,gather", help="comma list of dense,triton,flex,gather,reference")
+    att.add_argument("--backends", default="dense,flex,gather", help="comma list of dense,flash_attn,build,triton,flex,gather,reference")
     att.add_argument("--repeats", type=int, default=3)
     att.add_argument("--device", default="cpu")
     att.add_argument("--json", help="write {setup, results} to this JSON file")

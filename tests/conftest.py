@@ -2,13 +2,16 @@
 
 import os
 
+import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Without a GPU the Triton kernels run in the interpreter; it must be set before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
-"""Triton kernels in Triton's interpreter (TRITON_INTERPRET=1 from conftest): against a float64 reference with the
-flash-attn tolerance rule (error <= 2x PyTorch's own same-precision error), outputs poisoned before the call."""
+"""Triton kernels against a float64 reference with the flash-attn tolerance rule (error <= 2x PyTorch's own
+same-precision error), outputs poisoned before the call. On CPU they run in Triton's interpreter (TRITON_INTERPRET=1
+from conftest, small shapes); on a CUDA machine the same tests run on the GPU, plus larger `gpu`-marked shapes."""
 
 import math
 import types
@@ -14,8 +15,9 @@ from sparse_diffusion.reference import block_sparse_attention_reference, dense_a
 
 triton = pytest.importorskip("triton")
 launch = pytest.importorskip("sparse_diffusion.kernels.launch")
-if not launch.interpreting():  # pragma: no cover - conftest sets it
-    pytest.skip("needs TRITON_INTERPRET=1 set before kernels are imported", allow_module_level=True)
+DEVICE = "cpu" if launch.interpreting() else "cuda"
+if DEVICE == "cuda" and not torch.cuda.is_available():  # pragma: no cover - conftest sets the interpreter
+    pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before kernels are imported", allow_module_level=True)
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def _inputs(b, h, hk, sq, sk, d, dtype, permuted):
     else:
         q = torch.randn(b, h, sq, d)
         k, v = (torch.randn(b, hk, sk, d) for _ in range(2))
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q.to(DEVICE, dtype), k.to(DEVICE, dtype), v.to(DEVICE, dtype)
 
 
 def _mask(b, h, sq, sk, block, seed):
@@ -44,7 +46,7 @@ def _mask(b, h, sq, sk, block, seed):
     table[0, -1, 0] = torch.rand(kb, generator=gen) < 0.8  # ragged
     table[0, 0, 0] = False  # empty row
     table[-1, -1, -1] = True  # full row, with the partial tail key block
-    return BlockSparseMask.from_dense(table, block, (sq, sk))
+    return BlockSparseMask.from_dense(table, block, (sq, sk)).to(DEVICE)
 
 
 def _torch_error(q, k, v, token_mask, scale, ref):
@@ -135,11 +137,27 @@ def test_custom_ops_trace_without_graph_breaks():
 
 
 def test_triton_reasons_and_config_override(monkeypatch):
-    assert launch.not_supported_reasons(torch.zeros(1, 1, 4, 512)) == ["head dim 512 > 256"]
-    assert "not supported" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, dtype=torch.float64))[0]
+    assert launch.not_supported_reasons(torch.zeros(1, 1, 4, 512, device=DEVICE)) == ["head dim 512 > 256"]
+    assert "not supported" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, dtype=torch.float64, device=DEVICE))[0]
     monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "num_warps=8,num_stages=3")
     (config,) = launch._configs()
     assert config.num_warps == 8 and config.num_stages == 3
     monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "warps=8")
     with pytest.raises(Exception, match="num_warps=4,num_stages=2"):
         launch._configs()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="large shapes need a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_large_shapes_on_gpu_match_flex(dtype):
+    """Wan-like heads at 8k tokens: the kernel against compiled flex_attention on the same mask, and against fp32."""
+    from sparse_diffusion.benchmark import random_block_mask
+
+    q, k, v = _inputs(1, 8, 8, 8190, 8190, 128, dtype, True)
+    mask = random_block_mask(1, 8, 8190, 0.2, (128, 128), device=DEVICE)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="triton")
+    flex, flex_lse = ops.block_sparse_attention(q, k, v, mask, backend="flex")
+    ref, ref_lse = ops.block_sparse_attention(q.float(), k.float(), v.float(), mask, backend="flex")
+    assert float((out.float() - ref).abs().max()) <= 2 * float((flex.float() - ref).abs().max()) + 1e-3
+    assert float((lse - ref_lse).abs().max()) < 1e-2
