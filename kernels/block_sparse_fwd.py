@@ -15,19 +15,43 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _online_block(
-    q, k, v, offs_kn, m_i, l_i, acc, SEQ_K, qk_scale, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-):
-    """One key block of the online softmax: returns updated (m_i, l_i, acc)."""
+def _load_rows(base, offs_r, offs_d, stride_r, stride_d, N_ROWS, HEAD_D, DOT_F32: tl.constexpr):
+    """Tile [rows, HEAD_DIM] (zero past N_ROWS rows and HEAD_D columns), float32 under DOT_F32."""
+    x = tl.load(
+        base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d,
+        mask=(offs_r < N_ROWS)[:, None] & (offs_d < HEAD_D)[None, :], other=0.0,
+    )
     if DOT_F32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _load_cols(base, offs_c, offs_d, stride_c, stride_d, N_COLS, HEAD_D, DOT_F32: tl.constexpr):
+    """Transposed tile [HEAD_DIM, cols] (the K^T operand of q @ k^T)."""
+    x = tl.load(
+        base + offs_c[None, :] * stride_c + offs_d[:, None] * stride_d,
+        mask=(offs_c < N_COLS)[None, :] & (offs_d < HEAD_D)[:, None], other=0.0,
+    )
+    if DOT_F32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _scores(q, k, qk_scale, IEEE: tl.constexpr):
+    """q @ k^T times the base-2 softmax scale, float32 (IEEE: exact fp32 dot, no TF32)."""
     if IEEE:
         s = tl.dot(q, k, input_precision="ieee")
     else:
         s = tl.dot(q, k)
-    s = s * qk_scale
-    s = tl.where((offs_kn < SEQ_K)[None, :], s, float("-inf"))
+    return s * qk_scale
+
+
+@triton.jit
+def _online_block(q, k, v, offs_kn, m_i, l_i, acc, SEQ_K, qk_scale, IEEE: tl.constexpr):
+    """One key block of the online softmax: returns updated (m_i, l_i, acc)."""
+    s = tl.where((offs_kn < SEQ_K)[None, :], _scores(q, k, qk_scale, IEEE), float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
@@ -38,6 +62,22 @@ def _online_block(
     else:
         acc = tl.dot(p.to(v.dtype), v, acc)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _store_out_lse(
+    Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d,
+    stride_oz, stride_oh, stride_om, stride_ok, stride_lz, stride_lh, stride_lm, SEQ_Q, HEAD_D,
+):
+    """Normalise and store the output; store the LSE in natural log (-inf and output 0 for empty rows)."""
+    has = l_i > 0.0
+    l_safe = tl.where(has, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+    m_valid = offs_m < SEQ_Q
+    o_ptrs = Out + off_b * stride_oz + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_valid[:, None] & (offs_d < HEAD_D)[None, :])
+    tl.store(Lse + off_b * stride_lz + off_h * stride_lh + offs_m * stride_lm, lse, mask=m_valid)
 
 
 @triton.jit
@@ -63,13 +103,7 @@ def _block_sparse_fwd_kernel(
     offs_m = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_n = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    m_valid = offs_m < SEQ_Q
-    d_valid = offs_d < HEAD_D
-
-    q_ptrs = Q + off_b * stride_qz + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk
-    q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
+    q = _load_rows(Q + off_b * stride_qz + off_h * stride_qh, offs_m, offs_d, stride_qm, stride_qk, SEQ_Q, HEAD_D, DOT_F32)
     k_base = K + off_b * stride_kz + off_hk * stride_kh
     v_base = V + off_b * stride_vz + off_hk * stride_vh
     m_i = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
@@ -79,23 +113,12 @@ def _block_sparse_fwd_kernel(
     count = tl.load(KvNum + off_b * stride_nz + off_h * stride_nh + pid_q * stride_nm)
     idx_base = KvIdx + off_b * stride_iz + off_h * stride_ih + pid_q * stride_im
     for i in range(0, count):
-        kb = tl.load(idx_base + i * stride_ik)
-        offs_kn = kb * BLOCK_K + offs_n
-        n_valid = offs_kn < SEQ_K
-        k = tl.load(
-            k_base + offs_kn[None, :] * stride_kn + offs_d[:, None] * stride_kk,
-            mask=n_valid[None, :] & d_valid[:, None], other=0.0,
-        )
-        v = tl.load(
-            v_base + offs_kn[:, None] * stride_vn + offs_d[None, :] * stride_vk,
-            mask=n_valid[:, None] & d_valid[None, :], other=0.0,
-        )
-        m_i, l_i, acc = _online_block(q, k, v, offs_kn, m_i, l_i, acc, SEQ_K, qk_scale, DOT_F32, IEEE)
+        offs_kn = tl.load(idx_base + i * stride_ik) * BLOCK_K + offs_n
+        k = _load_cols(k_base, offs_kn, offs_d, stride_kn, stride_kk, SEQ_K, HEAD_D, DOT_F32)
+        v = _load_rows(v_base, offs_kn, offs_d, stride_vn, stride_vk, SEQ_K, HEAD_D, DOT_F32)
+        m_i, l_i, acc = _online_block(q, k, v, offs_kn, m_i, l_i, acc, SEQ_K, qk_scale, IEEE)
 
-    has = l_i > 0.0
-    l_safe = tl.where(has, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(has, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-    o_ptrs = Out + off_b * stride_oz + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_ok
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=m_valid[:, None] & d_valid[None, :])
-    tl.store(Lse + off_b * stride_lz + off_h * stride_lh + offs_m * stride_lm, lse, mask=m_valid)
+    _store_out_lse(
+        Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d,
+        stride_oz, stride_oh, stride_om, stride_ok, stride_lz, stride_lh, stride_lm, SEQ_Q, HEAD_D,
+    )
