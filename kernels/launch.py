@@ -27,8 +27,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def not_supported_reasons(q: torch.Tensor) -> list[str]:
-    """Why the Triton backend cannot serve a call on `q` (empty list = it can)."""
+_MAX_TILE = 256
+
+
+def not_supported_reasons(q: torch.Tensor, block_size: tuple[int, int] | None = None) -> list[str]:
+    """Why the Triton backend cannot serve a call on `q` with tiles `block_size` (empty list = it can)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -46,6 +49,10 @@ def not_supported_reasons(q: torch.Tensor) -> list[str]:
         reasons.append(f"dtype {q.dtype} not supported (float16, bfloat16, float32)")
     if q.shape[-1] > _MAX_HEAD_DIM:
         reasons.append(f"head dim {q.shape[-1]} > {_MAX_HEAD_DIM}")
+    for side in block_size or ():
+        if side < 16 or side > _MAX_TILE or side & (side - 1):
+            reasons.append(f"block size {tuple(block_size)}: Triton tiles must be powers of two in [16, {_MAX_TILE}]")
+            break
     return reasons
 
 
@@ -172,15 +179,15 @@ def _(q, k, v, block_q, block_k, scale):
     return torch.empty_like(q), q.new_empty((b, h, sq), dtype=torch.float32), q.new_empty((b, h, qb, kb), dtype=torch.float32)
 
 
-def _check(q: torch.Tensor) -> None:
-    reasons = not_supported_reasons(q)
+def _check(q: torch.Tensor, block_size: tuple[int, int]) -> None:
+    reasons = not_supported_reasons(q, block_size)
     if reasons:
         raise SparseDiffusionError(f"the Triton kernels cannot serve this call: {'; '.join(reasons)}.")
 
 
 def block_sparse_attention(q, k, v, mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the block-sparse kernel (inputs already validated by `ops`); tiles = `mask.block_size`."""
-    _check(q)
+    _check(q, mask.block_size)
     num = mask.kv_num_blocks.to(device=q.device, dtype=torch.int32)
     idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
     return block_sparse_fwd(q, k, v, num, idx, mask.block_size[0], mask.block_size[1], float(scale))
@@ -188,5 +195,5 @@ def block_sparse_attention(q, k, v, mask, scale: float) -> tuple[torch.Tensor, t
 
 def dense_attention_with_stats(q, k, v, block_size: tuple[int, int], scale: float):
     """Launch the dense-with-mass kernel; tiles = `block_size`."""
-    _check(q)
+    _check(q, block_size)
     return dense_fwd_stats(q, k, v, int(block_size[0]), int(block_size[1]), float(scale))

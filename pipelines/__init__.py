@@ -33,6 +33,8 @@ def get_adapter(denoiser: torch.nn.Module, adapter: str | Adapter | None = None)
     """
     if isinstance(adapter, Adapter):
         return adapter
+    if adapter is not None and not isinstance(adapter, str):
+        raise SparseDiffusionError(f"adapter={adapter!r} must be None, a family name or an Adapter.")
     if isinstance(adapter, str):
         if adapter == "generic":
             return GENERIC

@@ -36,12 +36,17 @@ def count_denoising_steps(timesteps: Any) -> int | None:
 class SparseHandle:
     """Handle of an accelerated denoiser: statistics, report, removal. Also a context manager (removes on exit)."""
 
-    def __init__(self, denoiser: torch.nn.Module, controller: SparseController, adapter: Adapter, pipe: Any = None):
+    def __init__(
+        self, denoiser: torch.nn.Module, controller: SparseController, adapter: Adapter, torch_hooks: list, pipe: Any = None
+    ):
         self.denoiser = denoiser
         self.controller = controller
         self.adapter = adapter
+        self._torch_hooks = torch_hooks
         self._pipe = pipe
         self.removed = False
+        if pipe is not None:
+            _mark_call_starts(pipe, controller)
 
     @property
     def config(self) -> SparseAttentionConfig:
@@ -62,7 +67,10 @@ class SparseHandle:
         return format_report(self.report())
 
     def save_report(self, path: str | Path) -> Path:
+        """Write `report()` as JSON to `path` (a file; parent folders are created)."""
         path = Path(path)
+        if path.is_dir():
+            raise SparseDiffusionError(f"save_report: {str(path)!r} is a folder; give a file path such as report.json.")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.report(), indent=2))
         return path
@@ -85,7 +93,9 @@ class SparseHandle:
         """Remove every hook: the denoiser is back to its untouched, bit-identical dense behaviour."""
         if self.removed:
             return
-        remove_hooks(self.denoiser)
+        remove_hooks(self.denoiser, self._torch_hooks)
+        if self._pipe is not None:
+            _unmark_call_starts(self._pipe)
         self.controller.reset()
         if getattr(self.denoiser, _HANDLE_ATTR, None) is self:
             delattr(self.denoiser, _HANDLE_ATTR)
@@ -101,6 +111,49 @@ class SparseHandle:
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"{len(self.controller.layer_names)} layers"
         return f"SparseHandle({self.adapter.family}, {type(self.denoiser).__name__}, {state})"
+
+
+_PROGRESS_ATTR = "_sparse_diffusion_progress_bar"
+
+
+def _mark_call_starts(pipe: Any, controller: SparseController) -> None:
+    """Every diffusers pipeline opens `self.progress_bar(total=...)` right before its denoising loop: wrap that
+    instance method so each call starts fresh even when the previous call was interrupted (Ctrl-C, an exception)
+    and never reached `maybe_free_model_hooks`."""
+    original = getattr(pipe, "progress_bar", None)
+    if original is None or getattr(pipe, _PROGRESS_ATTR, None) is not None:
+        return
+
+    def progress_bar(*args, **kwargs):
+        controller.reset()
+        return original(*args, **kwargs)
+
+    setattr(pipe, _PROGRESS_ATTR, original)
+    pipe.progress_bar = progress_bar
+
+
+def _unmark_call_starts(pipe: Any) -> None:
+    if getattr(pipe, _PROGRESS_ATTR, None) is not None:
+        del pipe.progress_bar  # the class method shows through again
+        delattr(pipe, _PROGRESS_ATTR)
+
+
+def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionConfig) -> None:
+    """Refuse, before any step runs, a forced backend that can never serve this denoiser's device and dtype."""
+    if config.backend == "auto":
+        return
+    from . import ops
+
+    param = next(denoiser.parameters(), None)
+    if param is None:
+        return
+    probe = torch.empty(1, 1, 1, 64, dtype=param.dtype if param.dtype.is_floating_point else torch.float32, device=param.device)
+    reasons = ops.sparse_backend_reasons(probe, need_lse=True, block_size=config.block_size)[config.backend]
+    if reasons:
+        raise SparseDiffusionError(
+            f"backend={config.backend!r} cannot serve {type(denoiser).__name__} on {param.device} ({param.dtype}): "
+            f"{'; '.join(reasons)}. The pipeline path needs the LSE of every sparse call; use backend='auto'."
+        )
 
 
 def _make_config(config: SparseAttentionConfig | None, overrides: dict) -> SparseAttentionConfig:
@@ -125,6 +178,12 @@ def _accelerate(
     if not isinstance(denoiser, torch.nn.Module):
         raise SparseDiffusionError(f"expected a torch.nn.Module denoiser, got {type(denoiser).__name__}.")
     _check_not_parallel(denoiser)
+    _check_backend_can_serve(denoiser, config)
+    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None:
+        raise SparseDiffusionError(
+            f"dense_steps={config.dense_steps} is a fraction, but accelerate_model() does not know the number of "
+            "denoising steps; pass num_inference_steps=... or an int dense_steps."
+        )
     previous = getattr(denoiser, _HANDLE_ATTR, None)
     if previous is not None:
         logger.info("sparse-diffusion: %s was already accelerated; replacing the previous configuration", type(denoiser).__name__)
@@ -137,8 +196,8 @@ def _accelerate(
         restart_on_timestep_increase=restart,
         text_position=adapter.text_position,
     )
-    install_hooks(denoiser, controller, adapter, layers)
-    handle = SparseHandle(denoiser, controller, adapter, pipe)
+    torch_hooks = install_hooks(denoiser, controller, adapter, layers)
+    handle = SparseHandle(denoiser, controller, adapter, torch_hooks, pipe)
     setattr(denoiser, _HANDLE_ATTR, handle)
     logger.info("sparse-diffusion: accelerating %d %s self-attention layers", len(layers), adapter.family)
     return handle

@@ -42,7 +42,7 @@ def _attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return out.to(q.dtype), lse.float()
 
 
-def gather_reasons(q: torch.Tensor, need_lse: bool) -> list[str]:
+def gather_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
     return []
 
 
@@ -96,7 +96,7 @@ def gather_block_sparse(
 _compiled_flex = None
 
 
-def flex_reasons(q: torch.Tensor, need_lse: bool) -> list[str]:
+def flex_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
     reasons = []
     try:
         from torch.nn.attention.flex_attention import BlockMask  # noqa: F401

@@ -133,7 +133,7 @@ def bench_attention(
             ref, pairs, lse_flag = ref_dense, dense_pairs, False
         else:
             need_lse = not (name == "flex" and dev.type == "cpu")
-            reasons = ops.sparse_backend_reasons(q, need_lse)[name]
+            reasons = ops.sparse_backend_reasons(q, need_lse, block_size)[name]
             if name == "reference" and seq_len > 4096:
                 reasons = reasons + [f"reference materialises Sq x Sk; skipped above 4096 tokens (N={seq_len})"]
             if reasons:

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .errors import SparseDiffusionError
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def normalize_block_size(value: Any, *, low: int = 1, high: int = 1 << 16, multiple: int = 16) -> tuple[int, int]:
+    """`(BLOCK_Q, BLOCK_K)` in tokens from an int or a pair of ints (numpy ints too).
+
+    Raises:
+        SparseDiffusionError: not an int or pair of ints, a side outside [low, high], or not a multiple of
+            `multiple` (1 disables that check).
+    """
+    if _is_int(value):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_int(v) for v in value):
+        raise SparseDiffusionError(
+            f"block_size={value!r} is not valid: give an int (square blocks, e.g. 128) or a pair "
+            "(BLOCK_Q, BLOCK_K) of ints in tokens, e.g. (128, 64)."
+        )
+    pair = (int(value[0]), int(value[1]))
+    for v in pair:
+        if v < low or v > high or v % multiple:
+            rule = f"a multiple of {multiple} " if multiple > 1 else ""
+            raise SparseDiffusionError(
+                f"block_size={pair} is not valid: each side must be {rule}between {low} and {high} tokens (64 and "
+                "128 are the tested sizes)."
+            )
+    return pair
 
 
 def num_blocks(length: int, block: int) -> int:
@@ -58,8 +89,7 @@ class BlockSparseMask:
         Raises:
             SparseDiffusionError: the table is not 4-D bool or its QB/KB do not match `seq_lengths` / `block_size`.
         """
-        if isinstance(block_size, int):
-            block_size = (block_size, block_size)
+        block_size = normalize_block_size(block_size, multiple=1)
         if not isinstance(block_bool, torch.Tensor) or block_bool.dim() != 4 or block_bool.dtype != torch.bool:
             raise SparseDiffusionError(
                 f"block_bool must be a bool tensor [B, H, QB, KB], got "

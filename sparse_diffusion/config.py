@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from .block_mask import normalize_block_size
 from .errors import SparseDiffusionError
 
 
 POLICIES = ("mass", "topk")
 BACKENDS = ("auto", "triton", "flex", "gather", "reference")
-
-
-def _normalise_block_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        raise SparseDiffusionError(
-            f"block_size={value!r} is not valid: give an int (square blocks, e.g. 128) or a pair "
-            "(BLOCK_Q, BLOCK_K) of ints in tokens, e.g. (128, 64)."
-        )
-    for v in value:
-        if v < 16 or v > 512 or v % 16:
-            raise SparseDiffusionError(
-                f"block_size={tuple(value)} is not valid: each side must be a multiple of 16 between 16 and 512 "
-                "tokens (64 and 128 are the tested sizes)."
-            )
-    return int(value[0]), int(value[1])
 
 
 @dataclass
@@ -99,6 +80,10 @@ class SparseAttentionConfig:
 
     def __post_init__(self) -> None:
         ds = self.dense_steps
+        if isinstance(ds, numbers.Integral) and not isinstance(ds, bool):
+            ds = self.dense_steps = int(ds)
+        elif isinstance(ds, numbers.Real) and not isinstance(ds, bool):
+            ds = self.dense_steps = float(ds)
         if isinstance(ds, bool) or not isinstance(ds, (int, float)):
             raise SparseDiffusionError(
                 f"dense_steps={ds!r} must be an int (number of dense warm-up steps, >= 1) or a float in (0, 1) "
@@ -114,32 +99,41 @@ class SparseAttentionConfig:
                 f"dense_steps={ds} as a float is a fraction of the denoising steps and must lie in (0, 1); give an "
                 "int to count steps (e.g. dense_steps=10)."
             )
-        self.block_size = _normalise_block_size(self.block_size)
+        self.block_size = normalize_block_size(self.block_size, low=16, high=512)
         if self.policy not in POLICIES:
             raise SparseDiffusionError(f"policy={self.policy!r} is not known; choose one of {POLICIES}.")
         for name in ("mass_threshold", "topk_ratio", "max_density"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 < float(v) <= 1.0):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0.0 < float(v) <= 1.0):
                 raise SparseDiffusionError(f"{name}={v!r} must be a number in (0, 1].")
             setattr(self, name, float(v))
-        if isinstance(self.min_kv_blocks, bool) or not isinstance(self.min_kv_blocks, int) or self.min_kv_blocks < 0:
-            raise SparseDiffusionError(f"min_kv_blocks={self.min_kv_blocks!r} must be an int >= 0.")
+        mk = self.min_kv_blocks
+        if isinstance(mk, bool) or not isinstance(mk, numbers.Integral) or mk < 0:
+            raise SparseDiffusionError(f"min_kv_blocks={mk!r} must be an int >= 0.")
+        self.min_kv_blocks = int(mk)
         rt = self.refresh_threshold
-        if isinstance(rt, bool) or not isinstance(rt, (int, float)) or not (0.0 <= float(rt) <= 1.0):
+        if isinstance(rt, bool) or not isinstance(rt, numbers.Real) or not (0.0 <= float(rt) <= 1.0):
             raise SparseDiffusionError(f"refresh_threshold={rt!r} must be a number in [0, 1] (0 disables re-planning).")
         self.refresh_threshold = float(rt)
         limit = self.sparse_density_limit
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (0.0 < float(limit) <= 1.0):
+            if isinstance(limit, bool) or not isinstance(limit, numbers.Real) or not (0.0 < float(limit) <= 1.0):
                 raise SparseDiffusionError(
                     f"sparse_density_limit={limit!r} must be a number in (0, 1] or None (backend break-even)."
                 )
             self.sparse_density_limit = float(limit)
         if self.backend not in BACKENDS:
             raise SparseDiffusionError(f"backend={self.backend!r} is not known; choose one of {BACKENDS}.")
+        for name in ("keep_text_tokens", "collect_timings"):
+            if not isinstance(getattr(self, name), bool):
+                raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
         if isinstance(self.dense_layers, (str, int)):
             self.dense_layers = (self.dense_layers,)
-        layers = tuple(self.dense_layers)
+        if not isinstance(self.dense_layers, (tuple, list)):
+            raise SparseDiffusionError(
+                f"dense_layers={self.dense_layers!r} must be a tuple of layer indices or module names, e.g. (0, -1)."
+            )
+        layers = tuple(int(e) if isinstance(e, numbers.Integral) and not isinstance(e, bool) else e for e in self.dense_layers)
         for entry in layers:
             if isinstance(entry, bool) or not isinstance(entry, (str, int)):
                 raise SparseDiffusionError(
@@ -173,6 +167,8 @@ class SparseAttentionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SparseAttentionConfig":
         """Inverse of `to_dict`; unknown keys raise `SparseDiffusionError` naming them."""
+        if not isinstance(data, dict):
+            raise SparseDiffusionError(f"from_dict needs a dict of SparseAttentionConfig fields, got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -137,7 +137,11 @@ class SparseController:
 
     def begin_forward(self, timestep: float, context_name: str | None, text_len: int = 0) -> None:
         """Called before every denoiser forward with the (max) timestep value of that forward."""
-        new_call = self.last_t is None or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
+        new_call = (
+            self.last_t is None
+            or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
+            or (timestep != self.last_t and self.total_steps is not None and self.step + 1 >= self.total_steps)
+        )
         if new_call:
             self._end_call()
             self.step = 0
@@ -206,10 +210,18 @@ class SparseController:
             if replan_reason:
                 stats.replans[replan_reason] += 1
             with timer:
-                out = self._build(layer, key, geometry, q, k, v, scale, stats)
+                try:
+                    out = self._build(layer, key, geometry, q, k, v, scale, stats)
+                except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
+                    stats.fallbacks[f"build failed, ran dense: {exc}"] += 1
+                    phase, out = Phase.DENSE, dense_fn()
         else:
             with timer:
-                out, served = self._sparse(key, q, k, v, scale, dense_fn, stats)
+                try:
+                    out, served = self._sparse(key, q, k, v, scale, dense_fn, stats)
+                except SparseDiffusionError as exc:
+                    stats.fallbacks[f"sparse call failed, ran dense: {exc}"] += 1
+                    out, served = dense_fn(), False
             if not served:
                 phase = Phase.DENSE
             elif self.runs:
@@ -225,7 +237,7 @@ class SparseController:
         sq, sk = q.shape[2], k.shape[2]
         mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
         build_kept = kept_mass(mass, mask)
-        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True)
+        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
         density = float(mask.density().mean())
         dense_reason = None
@@ -242,7 +254,9 @@ class SparseController:
         if plan.dense_reason:
             stats.fallbacks[plan.dense_reason] += 1
             return dense_fn(), False
-        out, lse = ops.block_sparse_attention(q, k, v, plan.mask, scale=scale, backend=plan.backend)
+        out, lse = ops.block_sparse_attention(
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False
+        )
         stats.backends[plan.backend] += 1
         if not torch.isfinite(out).all():
             stats.fallbacks["non-finite sparse output; recomputed dense"] += 1

@@ -24,7 +24,11 @@ class _ContextState(BaseState):
 
 
 class DenoiserStepHook(ModelHook):
-    """Tells the controller the timestep, cache context and text length of every denoiser forward."""
+    """Carries the cache context (`cond`/`uncond`) to the controller and ends the call on `reset_state`.
+
+    The per-forward work (timestep, text length) runs in plain torch forward hooks registered beside it, which keep
+    working when accelerate's CPU offload re-wraps the denoiser's `forward`.
+    """
 
     _is_stateful = True
 
@@ -34,21 +38,21 @@ class DenoiserStepHook(ModelHook):
         self.adapter = adapter
         self.state_manager = StateManager(_ContextState)
 
-    def pre_forward(self, module, *args, **kwargs):
+    def context_name(self) -> str | None:
         try:
-            context_name = self.state_manager.context.name
+            return self.state_manager.context.name
         except ValueError:  # the pipeline set no cache context
-            context_name = None
+            return None
+
+    def before_forward(self, module, args, kwargs):
         self.controller.begin_forward(
             self.adapter.read_timestep(module, args, kwargs),
-            context_name,
+            self.context_name(),
             self.adapter.text_length(module, args, kwargs),
         )
-        return args, kwargs
 
-    def post_forward(self, module, output):
+    def after_forward(self, module, args, kwargs, output):
         self.controller.end_forward()
-        return output
 
     def reset_state(self, module):
         self.controller.reset()
@@ -74,16 +78,27 @@ class AttentionLayerHook(ModelHook):
         return out
 
 
-def install_hooks(denoiser, controller, adapter, layers: list[tuple[str, object]]) -> None:
-    """Register the step hook on `denoiser` and an attention hook on every `(name, module)` in `layers`."""
-    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(DenoiserStepHook(controller, adapter), DENOISER_HOOK)
+def install_hooks(denoiser, controller, adapter, layers: list[tuple[str, object]]) -> list:
+    """Register the step hook on `denoiser` and an attention hook on every `(name, module)` in `layers`.
+
+    Returns the torch hook handles to pass to `remove_hooks`.
+    """
+    step_hook = DenoiserStepHook(controller, adapter)
+    HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(step_hook, DENOISER_HOOK)
+    handles = [
+        denoiser.register_forward_pre_hook(step_hook.before_forward, with_kwargs=True),
+        denoiser.register_forward_hook(step_hook.after_forward, with_kwargs=True, always_call=True),
+    ]
     for name, module in layers:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(AttentionLayerHook(controller, name), ATTENTION_HOOK)
     HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()
+    return handles
 
 
-def remove_hooks(denoiser) -> None:
+def remove_hooks(denoiser, handles: list) -> None:
     """Remove both hook kinds from `denoiser` and all its submodules."""
+    for handle in handles:
+        handle.remove()
     registry = HookRegistry.check_if_exists_or_initialize(denoiser)
     registry.remove_hook(DENOISER_HOOK, recurse=False)
     registry.remove_hook(ATTENTION_HOOK, recurse=True)

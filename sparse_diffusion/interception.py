@@ -25,7 +25,7 @@ def bind_sdpa_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-def ineligible_reason(call: dict, min_kv_blocks: int, block_k: int) -> str | None:
+def ineligible_reason(call: dict, block_k: int) -> str | None:
     """Why a bound SDPA call cannot take the sparse path, or `None` when it can."""
     q, k, v = call["query"], call["key"], call["value"]
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -46,8 +46,8 @@ def ineligible_reason(call: dict, min_kv_blocks: int, block_k: int) -> str | Non
         return f"dtype {q.dtype} not supported"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return "autograd (training) is not supported by the sparse kernels"
-    if -(-k.shape[2] // block_k) < max(2, min_kv_blocks):
-        return f"sequence of {k.shape[2]} tokens is shorter than two key blocks"
+    if -(-k.shape[2] // block_k) < 2:
+        return f"sequence of {k.shape[2]} tokens is shorter than two key blocks of {block_k}"
     return None
 
 
@@ -66,7 +66,7 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.seen += 1
         call = bind_sdpa_args(args, kwargs)
-        reason = ineligible_reason(call, self.controller.config.min_kv_blocks, self.controller.config.block_size[1])
+        reason = ineligible_reason(call, self.controller.config.block_size[1])
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)

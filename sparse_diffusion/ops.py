@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from . import backends, reference
-from .block_mask import BlockSparseMask, num_blocks
+from .block_mask import BlockSparseMask, normalize_block_size, num_blocks
 from .config import BACKENDS
 from .errors import SparseDiffusionError
 
@@ -26,12 +26,12 @@ logger = logging.getLogger(__name__)
 BREAK_EVEN_DENSITY = {"triton": 0.9, "flex": 0.7, "gather": 0.6, "reference": 1.0}
 
 
-def _triton_reasons(q: torch.Tensor, need_lse: bool) -> list[str]:
+def _triton_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
     try:
         from .kernels import launch
     except ImportError as exc:
         return [f"Triton kernels unavailable ({exc})"]
-    return launch.not_supported_reasons(q)
+    return launch.not_supported_reasons(q, block_size)
 
 
 def _describe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
@@ -65,6 +65,13 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise SparseDiffusionError(f"sequence lengths must be >= 1; got {_describe(q, k, v)}.")
+    if q.device.type == "meta":
+        raise SparseDiffusionError(f"meta tensors carry no data; got {_describe(q, k, v)}.")
+
+
+def _last_dim_contiguous(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Copy only tensors whose head dim is strided (fused kernels need stride 1 there; permuted views are fine)."""
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
 def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None:
@@ -86,20 +93,26 @@ def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if scale is None:
+        return 1.0 / math.sqrt(q.shape[-1])
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise SparseDiffusionError(f"scale={scale!r} must be a finite number (default 1/sqrt(D)).")
+    return float(scale)
 
 
-_SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool], list[str]]] = {
+_SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool, tuple[int, int] | None], list[str]]] = {
     "triton": _triton_reasons,
     "flex": backends.flex_reasons,
     "gather": backends.gather_reasons,
-    "reference": lambda q, need_lse: [],
+    "reference": lambda q, need_lse, block_size=None: [],
 }
 
 
-def sparse_backend_reasons(q: torch.Tensor, need_lse: bool = True) -> dict[str, list[str]]:
-    """Why each backend cannot serve a block-sparse call on `q` (empty list = it can)."""
-    return {name: fn(q, need_lse) for name, fn in _SPARSE_REASONS.items()}
+def sparse_backend_reasons(
+    q: torch.Tensor, need_lse: bool = True, block_size: tuple[int, int] | None = None
+) -> dict[str, list[str]]:
+    """Why each backend cannot serve a block-sparse call on `q` with tiles `block_size` (empty list = it can)."""
+    return {name: fn(q, need_lse, block_size) for name, fn in _SPARSE_REASONS.items()}
 
 
 def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
@@ -110,7 +123,9 @@ def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
     return ["gather", "flex", "reference"]
 
 
-def choose_sparse_backend(q: torch.Tensor, backend: str = "auto", need_lse: bool = True) -> str:
+def choose_sparse_backend(
+    q: torch.Tensor, backend: str = "auto", need_lse: bool = True, block_size: tuple[int, int] | None = None
+) -> str:
     """Backend name that serves a block-sparse call on `q`.
 
     Raises:
@@ -119,13 +134,13 @@ def choose_sparse_backend(q: torch.Tensor, backend: str = "auto", need_lse: bool
     if backend not in BACKENDS:
         raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
     if backend != "auto":
-        reasons = _SPARSE_REASONS[backend](q, need_lse)
+        reasons = _SPARSE_REASONS[backend](q, need_lse, block_size)
         if reasons:
             raise SparseDiffusionError(f"backend {backend!r} cannot serve this call: {'; '.join(reasons)}.")
         return backend
     skipped = {}
     for name in _auto_order(q, need_lse):
-        reasons = _SPARSE_REASONS[name](q, need_lse)
+        reasons = _SPARSE_REASONS[name](q, need_lse, block_size)
         if not reasons:
             if skipped:
                 logger.debug("auto backend %s; skipped %s", name, skipped)
@@ -143,6 +158,7 @@ def block_sparse_attention(
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = True,
+    validate_mask: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Block-sparse softmax attention: each query block attends only to its kept key blocks.
 
@@ -155,6 +171,8 @@ def block_sparse_attention(
         backend: `"auto"`, `"triton"`, `"flex"`, `"gather"` or `"reference"`.
         return_lse: also return the LSE; with `False` the LSE is `None` and backends that cannot produce it (compiled
             flex on CPU) may serve.
+        validate_mask: run `mask.validate()` (index ranges, ascending order, counts; costs a device sync). Masks
+            from `BlockSparseMask.from_dense` or the planner are valid by construction.
 
     Returns:
         `(out, lse)`: out [B, H, Sq, D] in q's dtype (0 for rows with no kept block); LSE float32 [B, H, Sq], natural
@@ -172,7 +190,10 @@ def block_sparse_attention(
     """
     check_qkv(q, k, v)
     _check_mask(q, k, mask)
-    name = choose_sparse_backend(q, backend, need_lse=return_lse)
+    if validate_mask:
+        mask.validate()
+    q, k, v = _last_dim_contiguous(q, k, v)
+    name = choose_sparse_backend(q, backend, need_lse=return_lse, block_size=mask.block_size)
     s = _scale(q, scale)
     if name == "gather":
         out, lse = backends.gather_block_sparse(q, k, v, mask, s)
@@ -213,12 +234,13 @@ def dense_attention_with_stats(
         SparseDiffusionError: bad shapes/dtypes, or `backend="triton"` where Triton cannot serve.
     """
     check_qkv(q, k, v)
-    bs = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    bs = normalize_block_size(block_size, multiple=1)
     if backend not in BACKENDS:
         raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
+    q, k, v = _last_dim_contiguous(q, k, v)
     s = _scale(q, scale)
-    if backend == "triton" or (backend == "auto" and q.device.type == "cuda" and not _triton_reasons(q, True)):
-        reasons = _triton_reasons(q, True)
+    if backend == "triton" or (backend == "auto" and q.device.type == "cuda" and not _triton_reasons(q, True, bs)):
+        reasons = _triton_reasons(q, True, bs)
         if reasons:
             raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
         from .kernels import launch

@@ -44,8 +44,8 @@ def attention_reference(
     if token_mask is not None:
         scores = scores.masked_fill(~token_mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse[..., None].clamp_min(torch.finfo(compute_dtype).min))
-    probs = torch.nan_to_num(probs, nan=0.0)
+    empty = torch.isneginf(lse)[..., None]  # rows with no attended key: output 0 (NaN inputs still give NaN)
+    probs = torch.where(empty, 0.0, torch.exp(scores - torch.where(empty, 0.0, lse[..., None])))
     return probs @ vc, lse.float()
 
 

@@ -28,6 +28,9 @@ from sparse_diffusion.planning import forced_blocks, kept_mass, plan_block_mask
         ({"refresh_threshold": 1.5}, r"\[0, 1\]"),
         ({"backend": "cuda"}, "backend"),
         ({"dense_layers": (1.5,)}, "dense_layers"),
+        ({"dense_layers": None}, "dense_layers"),
+        ({"keep_text_tokens": "no"}, "True or False"),
+        ({"sparse_density_limit": 0}, "sparse_density_limit"),
     ],
 )
 def test_config_errors_say_how_to_fix(kwargs, match):
@@ -47,6 +50,12 @@ def test_config_round_trip_and_dense_steps():
     with pytest.raises(SparseDiffusionError, match="unknown SparseAttentionConfig fields"):
         SparseAttentionConfig.from_dict({"dense_step": 3})
     assert cfg.replace(policy="topk").policy == "topk"
+    import numpy as np
+
+    numpy_cfg = SparseAttentionConfig(dense_steps=np.int64(3), block_size=np.int64(64), mass_threshold=np.float32(0.5))
+    assert numpy_cfg.dense_steps == 3 and numpy_cfg.block_size == (64, 64) and isinstance(numpy_cfg.dense_steps, int)
+    with pytest.raises(SparseDiffusionError, match="dict"):
+        SparseAttentionConfig.from_dict(None)
 
 
 # ---- block mask --------------------------------------------------------------------------------------------

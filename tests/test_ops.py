@@ -184,3 +184,55 @@ def test_unknown_backend_and_forced_unavailable_backend():
     q3, k3, v3 = _qkv(1, 2, 2, 128, 40, torch.float32)
     with pytest.raises(SparseDiffusionError, match="power-of-two"):
         ops.block_sparse_attention(q3, k3, v3, mask, backend="flex", return_lse=False)
+
+
+def test_head_dim_strided_inputs_are_exact():
+    """q/k/v whose last dim is not stride 1 (e.g. a transposed view) must not reach fused kernels as-is."""
+    q = torch.randn(1, 2, 64, 96).transpose(2, 3)  # [1, 2, 96, 64] with stride(-1) == 96
+    k = torch.randn(1, 2, 64, 96).transpose(2, 3)
+    v = torch.randn(1, 2, 64, 96).transpose(2, 3)
+    ref, ref_lse, ref_mass = dense_attention_with_stats_reference(q, k, v, (32, 32))
+    out, lse, mass = ops.dense_attention_with_stats(q, k, v, 32)
+    assert float((out.double() - ref).abs().max()) < 1e-5 and float((mass - ref_mass).abs().max()) < 1e-6
+    mask = _random_mask(1, 2, 96, (32, 32))
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="gather")
+    assert float((out.double() - block_sparse_attention_reference(q, k, v, mask)[0]).abs().max()) < 1e-5
+
+
+def test_corrupt_masks_are_rejected():
+    q, k, v = _qkv(1, 2, 2, 128, 64, torch.float32)
+    for corrupt in ("out of range", "duplicate", "negative"):
+        mask = BlockSparseMask.from_dense(torch.ones(1, 2, 2, 2, dtype=torch.bool), 64, (128, 128))
+        if corrupt == "out of range":
+            mask.kv_indices[0, 0, 0, 1] = 2
+        elif corrupt == "duplicate":
+            mask.kv_indices[0, 0, 0, 1] = 0
+        else:
+            mask.kv_num_blocks[0, 0, 0] = -1
+        with pytest.raises(SparseDiffusionError, match="kv_"):
+            ops.block_sparse_attention(q, k, v, mask, backend="gather")
+
+
+@pytest.mark.parametrize("block", [0, -16, 16.0, "16", (16,), (16, 16, 16), True])
+def test_bad_block_sizes(block):
+    q, k, v = _qkv(1, 2, 2, 64, 32, torch.float32)
+    with pytest.raises(SparseDiffusionError, match="block_size"):
+        ops.dense_attention_with_stats(q, k, v, block)
+    with pytest.raises(SparseDiffusionError, match="block_size"):
+        BlockSparseMask.from_dense(torch.ones(1, 1, 4, 4, dtype=torch.bool), block, (64, 64))
+
+
+def test_reference_keeps_nan_and_zeroes_only_empty_rows():
+    q, k, v = _qkv(1, 1, 1, 64, 16, torch.float32)
+    q[0, 0, 3] = float("nan")
+    table = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    table[0, 0, 1] = False
+    out, lse = block_sparse_attention_reference(q, k, v, BlockSparseMask.from_dense(table, 32, (64, 64)))
+    assert torch.isnan(out[0, 0, 3]).all() and not torch.isnan(out[0, 0, :3]).any()
+    assert (out[0, 0, 32:] == 0).all() and torch.isneginf(lse[0, 0, 32:]).all()
+
+
+def test_non_finite_scale_is_rejected():
+    q, k, v = _qkv(1, 1, 1, 64, 16, torch.float32)
+    with pytest.raises(SparseDiffusionError, match="scale"):
+        ops.dense_attention_with_stats(q, k, v, 32, scale=float("nan"))

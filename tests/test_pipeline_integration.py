@@ -199,9 +199,13 @@ def test_clear_errors_for_unsupported_models_and_bad_config(pipes):
         accelerate_pipeline(pipe, dense_step=3)
     with pytest.raises(SparseDiffusionError, match="no `transformer`"):
         accelerate_pipeline(object())
-    with accelerate_model(pipe.transformer, dense_steps=0.5, block_size=16, sparse_density_limit=1.0):
-        with pytest.raises(SparseDiffusionError, match="fraction"):
-            _run(pipe, "wan")
+    with pytest.raises(SparseDiffusionError, match="fraction"):
+        accelerate_model(pipe.transformer, dense_steps=0.5, block_size=16)
+    with pytest.raises(SparseDiffusionError, match="cannot return the LSE"):
+        accelerate_pipeline(pipe, backend="flex")
+    with pytest.raises(SparseDiffusionError, match="adapter"):
+        accelerate_pipeline(pipe, adapter=123)
+    assert DENOISER_HOOK not in getattr(pipe.transformer, "_diffusers_hook").hooks, "failed calls leave no hooks"
 
 
 def test_accelerate_model_counts_calls_from_timesteps(pipes):
@@ -236,3 +240,37 @@ def test_joint_text_tokens_are_dense_rows_and_columns(pipes, family, text_len):
         table = mask.to_dense()
         assert table[:, :, :text_blocks, :].all() and table[:, :, :, :text_blocks].all(), name
         assert not table[:, :, text_blocks:, text_blocks:].all(), "video/image tiles must be sparse"
+
+
+def test_interrupted_call_or_direct_forward_does_not_leak_into_the_next_call(pipes):
+    pipe, _ = pipes["wan"]
+    with accelerate_pipeline(pipe, dense_steps=2, block_size=16, sparse_density_limit=1.0) as handle:
+        expected = _run(pipe, "wan")
+
+        def stop(p, i, t, kwargs):
+            if i == 1:
+                raise KeyboardInterrupt
+            return kwargs
+
+        with pytest.raises(KeyboardInterrupt):
+            _run(pipe, "wan", callback_on_step_end=stop)
+        assert np.array_equal(_run(pipe, "wan"), expected)
+        latents = torch.randn(1, 16, 3, 16, 16)
+        pipe.transformer(latents, timestep=torch.tensor([500.0]), encoder_hidden_states=torch.randn(1, 8, 32))
+        assert np.array_equal(_run(pipe, "wan"), expected)
+        runs = handle.report()["runs"]
+    assert [r["sparse_steps"] for r in runs][-1] == STEPS - 2 and runs[-1]["dense_steps"] == 2
+
+
+def test_model_cpu_offload_keeps_the_sparse_path(pipes):
+    pipe = build_tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    expected = None
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+        expected = _run(pipe, "wan")
+    pipe.enable_model_cpu_offload(device="cpu")
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+        first, second = _run(pipe, "wan"), _run(pipe, "wan")
+        report = handle.report()
+    assert [r["sparse_steps"] for r in report["runs"]] == [STEPS - 1, STEPS - 1]
+    assert np.array_equal(first, second) and float(np.abs(first - expected).max()) < 1e-5

@@ -139,6 +139,10 @@ def test_custom_ops_trace_without_graph_breaks():
 def test_triton_reasons_and_config_override(monkeypatch):
     assert launch.not_supported_reasons(torch.zeros(1, 1, 4, 512, device=DEVICE)) == ["head dim 512 > 256"]
     assert "not supported" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, dtype=torch.float64, device=DEVICE))[0]
+    assert "powers of two" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, device=DEVICE), (48, 48))[0]
+    q = torch.zeros(1, 1, 96, 64, device=DEVICE)
+    with pytest.raises(Exception, match="powers of two"):
+        ops.block_sparse_attention(q, q, q, _mask(1, 1, 96, 96, (48, 48), seed=0), backend="triton")
     monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "num_warps=8,num_stages=3")
     (config,) = launch._configs()
     assert config.num_warps == 8 and config.num_stages == 3
