@@ -199,6 +199,10 @@ def _token_rows(mask: BlockSparseMask, rows: torch.Tensor) -> torch.Tensor:
     return dense[:, :, rows // bq].repeat_interleave(bk, dim=3)[..., :sk].to(mask.kv_indices.device)
 
 
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
 def format_table(result: dict) -> str:
     s = result["setup"]
     lines = [
@@ -207,12 +211,14 @@ def format_table(result: dict) -> str:
         f"({s['threads']} threads, torch {s['torch']}, median of {s['repeats']})",
         f"{'backend':10s} {'median_s':>10s} {'speedup':>8s} {'max_abs_err':>12s} {'TFLOP/s':>8s} {'lse':>4s}",
     ]
+    if not any(r["backend"] == "dense" and "median_s" in r for r in result["results"]):
+        lines.append("(no dense row: add 'dense' to --backends for speed-ups)")
     for r in result["results"]:
         if "skipped" in r:
             lines.append(f"{r['backend']:10s} skipped: {r['skipped']}")
             continue
         lines.append(
-            f"{r['backend']:10s} {r['median_s']:10.4f} {r['speedup_vs_dense']:7.2f}x {r['max_abs_err']:12.2e} "
+            f"{r['backend']:10s} {r['median_s']:10.4f} {_ratio(r['speedup_vs_dense']):>8s} {r['max_abs_err']:12.2e} "
             f"{r['kept_tflops']:8.3f} {'yes' if r['returns_lse'] else 'no':>4s}"
         )
     return "\n".join(lines)

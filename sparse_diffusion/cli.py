@@ -35,18 +35,25 @@ def _fmt_db(x: float) -> str:
 
 
 def _print_paired(report: dict, out: Path) -> None:
-    q = report["quality"]
+    q, sparse = report["quality"], report["sparse_report"]
     print(f"model: {report['model']} (weights: {report['weights']})")
-    print(f"steps: {report['dense_steps']} dense warm-up + {report['sparse_steps']} sparse")
-    print(f"quality vs dense: PSNR {_fmt_db(q['mean_psnr_db'])}, SSIM {q['mean_ssim']:.4f}")
-    density = report["density"]
-    print(f"attention density {density:.3f}" if density is not None else "attention density n/a (no sparse step)")
+    print(
+        f"steps: {report['dense_steps']} dense warm-up + {report['sparse_steps']} sparse"
+        + (f" + {sparse['dense_fallback_steps']} ran dense (see report.json fallbacks)" if sparse["dense_fallback_steps"] else "")
+    )
+    print(f"quality vs dense: PSNR {_fmt_db(q['mean_psnr'])}, SSIM {q['mean_ssim']:.4f} (float frames, before encoding)")
+    density, planned = report["density"], sparse["planned_density"]
+    if density is not None:
+        print(f"attention density {density:.3f}")
+    else:
+        reasons = sorted({f["reason"] for f in sparse["fallbacks"]})
+        print(f"attention density n/a: no sparse call (planned density {planned}; {'; '.join(reasons) or 'no plan'})")
     print(
         f"wall time: dense {report['wall_time_s']['dense']:.2f} s, sparse {report['wall_time_s']['sparse']:.2f} s "
         f"({report['end_to_end_speedup']:.2f}x); attention alone: dense {report['attention_time_s']['dense']:.2f} s, "
-        f"sparse {report['attention_time_s']['sparse']:.2f} s"
+        f"sparse {report['attention_time_s']['sparse']:.2f} s ({report['timing_note']})"
     )
-    print(f"wrote {out / 'dense.mp4'}, {out / 'sparse.mp4'}, {out / 'report.json'}, {out / 'masks.png'}")
+    print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
 def cmd_demo(args) -> int:
@@ -81,6 +88,7 @@ def cmd_generate(args) -> int:
     from .runs import call_kwargs, paired_run, single_run
 
     model = Path(args.model)
+    config = _load_config(args.config)  # before the (slow) load, so a bad --config fails at once
     if not model.is_dir():
         raise SparseDiffusionError(f"--model {args.model!r} is not a folder; give a local diffusers checkpoint folder.")
     try:
@@ -88,17 +96,24 @@ def cmd_generate(args) -> int:
     except (OSError, ValueError) as exc:
         raise SparseDiffusionError(f"could not load a diffusers pipeline from {args.model!r}: {exc}") from exc
     pipe.to(args.device)
+    pipe._sparse_diffusion_weights = f"loaded from {model.resolve()}"
     kwargs = call_kwargs(
         pipe, prompt=args.prompt, steps=args.steps, height=args.height, width=args.width, frames=args.frames
     )
     out = Path(args.out)
-    config = _load_config(args.config)
-    if args.mode == "both":
-        report = paired_run(pipe, kwargs, config, args.seed, out)
-        _print_paired(report, out)
-    else:
-        report = single_run(pipe, kwargs, config if args.mode == "sparse" else None, args.seed, out)
-        print(f"{report['mode']} run: {report['wall_time_s']:.2f} s; wrote {out / report['output']} and {out / 'report.json'}")
+    extra = {"weights": pipe._sparse_diffusion_weights}
+    try:
+        if args.mode == "both":
+            report = paired_run(pipe, kwargs, config, args.seed, out, extra=extra)
+            _print_paired(report, out)
+        else:
+            report = single_run(pipe, kwargs, config if args.mode == "sparse" else None, args.seed, out, extra=extra)
+            print(f"{report['mode']} run: {report['wall_time_s']:.2f} s, output {report['call']['output_shape']}; "
+                  f"wrote {out / report['output']} and {out / 'report.json'}")
+    except ValueError as exc:  # the pipeline's own input checks (e.g. sizes not divisible by 16)
+        if isinstance(exc, SparseDiffusionError):
+            raise
+        raise SparseDiffusionError(f"the pipeline rejected the call: {exc}") from exc
     return 0
 
 
@@ -139,11 +154,15 @@ def cmd_bench_attention(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparse-diffusion", description=__doc__)
+    from . import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="sparse-diffusion", description=__doc__, formatter_class=fmt)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"sparse-diffusion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="dense vs sparse run of a small offline Wan-style video pipeline")
+    demo = sub.add_parser("demo", help="dense vs sparse run of a small offline Wan-style video pipeline", formatter_class=fmt)
     demo.add_argument("--out", default="sparse-diffusion-demo", help="output folder (default: %(default)s)")
     demo.add_argument("--prompt", default=DEMO_PROMPT)
     demo.add_argument("--steps", type=int, default=20)
@@ -158,12 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="SparseAttentionConfig as a JSON file or inline JSON")
     demo.set_defaults(func=cmd_demo)
 
-    gen = sub.add_parser("generate", help="run a local diffusers checkpoint folder, sparse and/or dense")
+    gen = sub.add_parser("generate", help="run a local diffusers checkpoint folder, sparse and/or dense", formatter_class=fmt)
     gen.add_argument("--model", required=True, help="local diffusers pipeline folder (save_pretrained layout)")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--frames", type=int)
-    gen.add_argument("--height", type=int)
-    gen.add_argument("--width", type=int)
+    gen.add_argument("--frames", type=int, help="frames (video pipelines; default: the pipeline's own)")
+    gen.add_argument("--height", type=int, help="pixels (default: the pipeline's own)")
+    gen.add_argument("--width", type=int, help="pixels (default: the pipeline's own)")
     gen.add_argument("--steps", type=int, default=30)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="cpu")
@@ -176,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="sparse-diffusion-out")
     gen.set_defaults(func=cmd_generate)
 
-    cmp_ = sub.add_parser("compare", help="PSNR/SSIM between two videos, images or image folders")
+    cmp_ = sub.add_parser("compare", help="PSNR/SSIM between two videos, images or image folders", formatter_class=fmt)
     cmp_.add_argument("a")
     cmp_.add_argument("b")
     cmp_.add_argument("--json", help="also write the numbers to this JSON file")
@@ -184,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    att = bench_sub.add_parser("attention", help="sparse backends vs dense SDPA on one input, in one run")
+    att = bench_sub.add_parser("attention", help="sparse backends vs dense SDPA on one input, in one run", formatter_class=fmt)
     att.add_argument("--seq-len", type=int, default=16384)
     att.add_argument("--heads", type=int, default=8)
     att.add_argument("--kv-heads", type=int)

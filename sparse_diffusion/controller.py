@@ -26,9 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 class Phase(str, enum.Enum):
-    DENSE = "dense"
-    BUILD = "build"
+    DENSE = "dense"  # dense warm-up (or an always-dense layer)
+    BUILD = "build"  # dense pass that measures LSE and tile mass, then plans
     SPARSE = "sparse"
+    FALLBACK = "fallback"  # a sparse-phase call that ran dense (above break-even, an error, non-finite output)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class SparseController:
         self.passthrough: Counter = Counter()
         self.runs: list[dict] = []
         self.last_masks: dict[str, BlockSparseMask] = {}  # latest build per layer, kept after the call for pictures
-        self._end_call()
+        self.reset()
 
     def _resolve_dense_layers(self, entries) -> set[str]:
         names = set()
@@ -121,7 +122,8 @@ class SparseController:
 
     # ---- call and step bookkeeping -------------------------------------------------------------------------
 
-    def _end_call(self) -> None:
+    def reset(self) -> None:
+        """Forget the current call and every cached plan (statistics are kept)."""
         self.step = -1
         self.last_t: float | None = None
         self.total_steps: int | None = None
@@ -131,10 +133,6 @@ class SparseController:
         self._forwards_this_step: Counter = Counter()
         self.plans.clear()
 
-    def reset(self) -> None:
-        """Forget the current call and every cached plan (statistics are kept)."""
-        self._end_call()
-
     def begin_forward(self, timestep: float, context_name: str | None, text_len: int = 0) -> None:
         """Called before every denoiser forward with the (max) timestep value of that forward."""
         new_call = (
@@ -143,17 +141,18 @@ class SparseController:
             or (timestep != self.last_t and self.total_steps is not None and self.step + 1 >= self.total_steps)
         )
         if new_call:
-            self._end_call()
+            self.reset()
             self.step = 0
             self.total_steps = self.total_steps_fn()
             self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
-            self.runs.append(
-                {"total_steps": self.total_steps, "dense_steps": self.num_dense_steps, "sparse_steps": 0, "_sparse": set()}
-            )
+            warmup = self.num_dense_steps if self.total_steps is None else min(self.num_dense_steps, self.total_steps)
+            self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
         elif timestep != self.last_t:
             self.step += 1
             self._forwards_this_step.clear()
         self.last_t = timestep
+        if self.runs:
+            self.runs[-1]["_seen"].add(self.step)
         name = context_name or "default"
         self.context = (name, self._forwards_this_step[name])
         self._forwards_this_step[name] += 1
@@ -214,7 +213,7 @@ class SparseController:
                     out = self._build(layer, key, geometry, q, k, v, scale, stats)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
                     stats.fallbacks[f"build failed, ran dense: {exc}"] += 1
-                    phase, out = Phase.DENSE, dense_fn()
+                    phase, out = Phase.FALLBACK, dense_fn()
         else:
             with timer:
                 try:
@@ -223,7 +222,7 @@ class SparseController:
                     stats.fallbacks[f"sparse call failed, ran dense: {exc}"] += 1
                     out, served = dense_fn(), False
             if not served:
-                phase = Phase.DENSE
+                phase = Phase.FALLBACK
             elif self.runs:
                 self.runs[-1]["_sparse"].add(self.step)
         stats.calls[phase.value] += 1
@@ -283,7 +282,10 @@ class SparseController:
         runs = []
         for run in self.runs:
             run = dict(run)
-            run["sparse_steps"] = len(run.pop("_sparse"))
+            sparse, seen = run.pop("_sparse"), run.pop("_seen")
+            run["sparse_steps"] = len(sparse)
+            # steps after the warm-up in which no layer ran sparse (every layer above break-even or failed)
+            run["dense_fallback_steps"] = len({s for s in seen if s >= run["dense_steps"]} - sparse)
             runs.append(run)
         return runs
 

@@ -9,6 +9,9 @@ import torch
 from .controller import SparseController
 
 
+_PHASES = ("dense", "build", "sparse", "fallback")
+
+
 def _mean_list(total: torch.Tensor | None, n: int) -> list[float] | None:
     if total is None or n == 0:
         return None
@@ -22,16 +25,20 @@ def _avg(values: list[float] | None) -> float | None:
 def build_report(controller: SparseController, adapter, *, model_class: str, weights: str | None = None) -> dict:
     """Report dict (JSON-serialisable).
 
-    Keys: `model`, `adapter`, `token_layout`, `weights`, `config`, `runs` (per pipeline call: total, dense and sparse
-    steps), `dense_steps`/`sparse_steps`/`total_steps` (last call), `density` (kept key blocks / all key blocks over
-    sparse calls, mean over layers and heads), `kept_mass` (mean `exp(lse_sparse - lse_dense)`, the LSE-based kept
-    softmax mass estimate), `build_kept_mass` (exact kept mass at the build step), `calls` and `attention_time_s`
-    per phase (`dense`, `build`, `sparse`; seconds of wall time inside intercepted attention), `replans`, `backends`,
-    `fallbacks` and `passthrough` (layer, reason, count), and `layers` with the same figures per layer and per head.
+    Keys: `model`, `adapter`, `token_layout`, `weights`, `config`, `runs` (per pipeline call: total steps, dense
+    warm-up steps, sparse steps, and `dense_fallback_steps`: later steps in which no layer ran sparse),
+    `dense_steps`/`sparse_steps`/`dense_fallback_steps`/`total_steps` (last call), `density` (kept key blocks / all
+    key blocks over sparse calls, mean over layers and heads), `planned_density` (mean density of the built masks,
+    also those that ran dense above the break-even), `kept_mass` (mean `exp(lse_sparse - lse_dense)`: the kept
+    softmax mass estimated against the dense LSE cached at the build step; it can exceed 1 when the scores grew since
+    the build), `build_kept_mass` (exact kept mass at the build step), `calls` and `attention_time_s` per phase
+    (`dense` warm-up, `build`, `sparse`, `fallback` = sparse-phase calls that ran dense; seconds of wall time inside
+    intercepted attention), `replans`, `backends`, `fallbacks` and `passthrough` (layer, reason, count), and
+    `layers` with the same figures per layer and per head.
     """
     calls, times, replans, backends = Counter(), Counter(), Counter(), Counter()
     fallbacks, layers = [], {}
-    weighted_density, weight, mass_values, build_values = 0.0, 0, [], []
+    weighted_density, weight, mass_values, build_values, planned = 0.0, 0, [], [], []
     for name in controller.layer_names:
         st = controller.stats.get(name)
         if st is None:
@@ -54,6 +61,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
             mass_values.append(_avg(head_mass))
         if head_build:
             build_values.append(_avg(head_build))
+        if st.planned_density:
+            planned.append(_avg(st.planned_density))
         layers[name] = {
             "always_dense": name in controller.dense_layer_names,
             "calls": dict(st.calls),
@@ -67,7 +76,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
             "replans": dict(st.replans),
         }
     runs = controller.finished_runs()
-    last = runs[-1] if runs else {"total_steps": None, "dense_steps": None, "sparse_steps": 0}
+    last = runs[-1] if runs else {"total_steps": None, "dense_steps": None, "sparse_steps": 0, "dense_fallback_steps": 0}
     return {
         "model": model_class,
         "adapter": adapter.family,
@@ -78,11 +87,13 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         "total_steps": last["total_steps"],
         "dense_steps": last["dense_steps"],
         "sparse_steps": last["sparse_steps"],
+        "dense_fallback_steps": last["dense_fallback_steps"],
         "density": round(weighted_density / weight, 6) if weight else None,
+        "planned_density": _avg(planned),
         "kept_mass": _avg(mass_values),
         "build_kept_mass": _avg(build_values),
-        "calls": {k: calls.get(k, 0) for k in ("dense", "build", "sparse")},
-        "attention_time_s": {k: round(times.get(k, 0.0), 6) for k in ("dense", "build", "sparse")},
+        "calls": {k: calls.get(k, 0) for k in _PHASES},
+        "attention_time_s": {k: round(times.get(k, 0.0), 6) for k in _PHASES},
         "replans": dict(replans),
         "backends": dict(backends),
         "fallbacks": fallbacks,
@@ -103,9 +114,9 @@ def format_report(report: dict) -> str:
     lines = [
         f"sparse-diffusion: {report['model']} ({report['adapter']} adapter, weights: {report['weights'] or 'user'})",
         f"  steps (last call): total {report['total_steps']}, dense warm-up {report['dense_steps']}, "
-        f"sparse {report['sparse_steps']}",
-        f"  density {fmt(report['density'])}, kept mass (LSE estimate) {fmt(report['kept_mass'])}, "
-        f"kept mass at build {fmt(report['build_kept_mass'])}",
+        f"sparse {report['sparse_steps']}, ran dense after warm-up {report['dense_fallback_steps']}",
+        f"  density {fmt(report['density'])} (planned {fmt(report['planned_density'])}), kept mass "
+        f"(LSE estimate) {fmt(report['kept_mass'])}, kept mass at build {fmt(report['build_kept_mass'])}",
         "  attention time s: " + ", ".join(f"{k} {v:.3f}" for k, v in report["attention_time_s"].items())
         + "; calls: " + ", ".join(f"{k} {v}" for k, v in report["calls"].items()),
     ]

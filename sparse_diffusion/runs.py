@@ -42,6 +42,26 @@ def generate(pipe, kwargs: dict, seed: int) -> tuple[np.ndarray, float]:
     return (frames[None] if frames.ndim == 3 else frames), seconds
 
 
+def write_frames(frames: np.ndarray, out_dir: Path, stem: str, fps: int) -> Path:
+    """`<stem>.mp4` for a video, `<stem>.png` for a single image (F = 1)."""
+    if frames.shape[0] == 1:
+        import imageio.v3 as iio
+
+        path = out_dir / f"{stem}.png"
+        iio.imwrite(path, (np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8))
+        return path
+    return write_video(frames, out_dir / f"{stem}.mp4", fps=fps)
+
+
+def _call_record(kwargs: dict, frames: np.ndarray) -> dict:
+    record = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))}
+    record["output_shape"] = list(frames.shape)  # [F, H, W, 3]: the size actually generated
+    return record
+
+
+TIMING_NOTE = "one run each; wall times on a shared CPU vary with machine load"
+
+
 def mask_panels(masks: dict, limit: int = _MAX_MASK_PANELS) -> list[tuple[str, np.ndarray]]:
     """(name, bool [QB, KB]) for batch element 0 of each layer's heads, at most `limit` panels."""
     panels = []
@@ -74,8 +94,7 @@ def paired_run(
     panels = mask_panels(handle.masks())
     handle.remove()
 
-    write_video(dense, out_dir / "dense.mp4", fps=fps)
-    write_video(sparse, out_dir / "sparse.mp4", fps=fps)
+    files = [write_frames(dense, out_dir, "dense", fps).name, write_frames(sparse, out_dir, "sparse", fps).name]
     mask_names = save_mask_grid(panels, out_dir / "masks.png") if panels else []
     quality = compare_videos(dense, sparse, data_range=1.0)
     dense_attn = sum(dense_report["attention_time_s"].values())
@@ -84,15 +103,14 @@ def paired_run(
         "model": sparse_report["model"],
         "weights": sparse_report["weights"],
         **(extra or {}),
-        "call": {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))},
+        "call": _call_record(kwargs, dense),
         "seed": seed,
+        "files": files + (["masks.png"] if mask_names else []) + ["report.json"],
         "quality": {
-            "mean_psnr_db": quality["mean_psnr"],
-            "mean_ssim": quality["mean_ssim"],
-            "per_frame_psnr_db": quality["per_frame_psnr"],
-            "per_frame_ssim": quality["per_frame_ssim"],
-            "data_range": quality["data_range"],
-            "note": quality["note"] + "; computed on the float frames in [0, 1] before video encoding",
+            **{k: quality[k] for k in ("mean_psnr", "mean_ssim", "per_frame_psnr", "per_frame_ssim", "data_range")},
+            "psnr_unit": "dB",
+            "note": quality["note"] + "; computed on the float frames in [0, 1] before video encoding (PSNR of the "
+            "decoded mp4 files, e.g. from `sparse-diffusion compare`, is lower: yuv420p halves colour resolution)",
         },
         "density": sparse_report["density"],
         "kept_mass": sparse_report["kept_mass"],
@@ -100,6 +118,7 @@ def paired_run(
         "dense_steps": sparse_report["dense_steps"],
         "sparse_steps": sparse_report["sparse_steps"],
         "wall_time_s": {"dense": round(dense_s, 3), "sparse": round(sparse_s, 3)},
+        "timing_note": TIMING_NOTE,
         "end_to_end_speedup": round(dense_s / sparse_s, 3),
         "attention_time_s": {"dense": round(dense_attn, 3), "sparse": round(sparse_attn, 3)},
         "attention_speedup": round(dense_attn / sparse_attn, 3) if sparse_attn else None,
@@ -111,24 +130,23 @@ def paired_run(
     return report
 
 
-def single_run(pipe, kwargs: dict, config: SparseAttentionConfig | None, seed: int, out_dir: Path, fps: int = 8) -> dict:
-    """One run (sparse with `config`, or untouched dense when `config` is None); writes the video (or image) and
-    report.json."""
+def single_run(
+    pipe, kwargs: dict, config: SparseAttentionConfig | None, seed: int, out_dir: Path, fps: int = 8,
+    extra: dict | None = None,
+) -> dict:
+    """One run (sparse with `config`, or untouched dense when `config` is None); writes `video.mp4` (or
+    `image.png`) and report.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     handle = accelerate_pipeline(pipe, config) if config is not None else None
     frames, seconds = generate(pipe, kwargs, seed)
-    report: dict[str, Any] = {"mode": "sparse" if handle else "dense", "seed": seed, "wall_time_s": round(seconds, 3)}
-    report["call"] = {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float))}
+    report: dict[str, Any] = {
+        "mode": "sparse" if handle else "dense", "model": type(pipe.transformer).__name__, **(extra or {}),
+        "seed": seed, "wall_time_s": round(seconds, 3), "timing_note": TIMING_NOTE, "call": _call_record(kwargs, frames),
+    }
     if handle is not None:
         report["sparse_report"] = handle.report()
         handle.remove()
-    if frames.shape[0] == 1:
-        import imageio.v3 as iio
-
-        path = out_dir / "image.png"
-        iio.imwrite(path, (np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8))
-    else:
-        path = write_video(frames, out_dir / "video.mp4", fps=fps)
+    path = write_frames(frames, out_dir, "image" if frames.shape[0] == 1 else "video", fps)
     report["output"] = path.name
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

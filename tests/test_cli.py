@@ -21,7 +21,8 @@ def test_demo_writes_videos_report_and_masks(tmp_path, capsys):
     assert report["dense_steps"] == 1 and report["sparse_steps"] == 3
     assert 0 < report["density"] < 1
     q = report["quality"]
-    assert len(q["per_frame_psnr_db"]) == 9 and np.isfinite(q["mean_psnr_db"]) and 0 < q["mean_ssim"] <= 1
+    assert len(q["per_frame_psnr"]) == 9 and np.isfinite(q["mean_psnr"]) and 0 < q["mean_ssim"] <= 1
+    assert report["call"]["output_shape"] == [9, 128, 128, 3]
     assert set(report["wall_time_s"]) == {"dense", "sparse"} and report["attention_time_s"]["sparse"] > 0
     assert report["config"]["block_size"] == [32, 32]
     assert read_frames(out / "sparse.mp4").shape == (9, 128, 128, 3)
@@ -45,9 +46,24 @@ def test_generate_from_a_saved_checkpoint(tmp_path):
     assert (tmp_path / "b" / "masks.png").is_file()
 
 
+def test_generate_both_on_an_image_pipeline_writes_pngs(tmp_path):
+    from sparse_diffusion.pipelines.tiny import build_tiny_flux_pipeline
+
+    folder = tmp_path / "tiny-flux"
+    build_tiny_flux_pipeline().save_pretrained(folder)
+    out = tmp_path / "b"
+    assert main(["generate", "--model", str(folder), "--prompt", "a red circle", "--height", "64", "--width", "64",
+                 "--steps", "2", "--both", "--out", str(out), "--config", '{"dense_steps": 1, "block_size": 64}']) == 0
+    assert (out / "dense.png").is_file() and (out / "sparse.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"].startswith("loaded from") and report["call"]["output_shape"] == [1, 64, 64, 3]
+
+
 def test_generate_and_config_errors_exit_cleanly(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "not a folder" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x", "--config", "{bad"]) == 2
+    assert "JSON" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path), "--config", '{"dense_step": 2}']) == 2
     assert "unknown SparseAttentionConfig fields" in capsys.readouterr().err
 
@@ -88,6 +104,12 @@ def test_bench_skips_backends_that_cannot_serve(tmp_path):
     results = {r["backend"]: r for r in json.loads(path.read_text())["results"]}
     assert "power-of-two" in results["flex"]["skipped"]
     assert "CUDA" in results["flash_attn"]["skipped"]
+
+
+def test_bench_without_dense_row(capsys):
+    assert main(["bench", "attention", "--seq-len", "256", "--heads", "2", "--block-size", "64",
+                 "--backends", "gather", "--repeats", "1"]) == 0
+    assert "n/a" in capsys.readouterr().out
 
 
 def test_bench_rejects_unknown_backend():

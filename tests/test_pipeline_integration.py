@@ -64,6 +64,9 @@ def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
         report = handle.report()
     assert np.array_equal(out, baseline)
     assert report["dense_steps"] == STEPS and report["sparse_steps"] == 0
+    with accelerate_pipeline(pipe, dense_steps=STEPS + 5, block_size=16) as handle:
+        _run(pipe, family)
+        assert handle.report()["dense_steps"] == STEPS, "warm-up longer than the call is clamped in the report"
     assert report["calls"]["build"] == 0 and report["calls"]["sparse"] == 0 and report["calls"]["dense"] > 0
     assert np.array_equal(_run(pipe, family), baseline), "leaving the context manager must remove the hooks"
 
@@ -79,7 +82,8 @@ def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
     per_step = n_layers * FORWARDS_PER_STEP[family]
     assert np.isfinite(out).all() and out.shape == baseline.shape
     assert report["total_steps"] == STEPS and report["dense_steps"] == 1 and report["sparse_steps"] == STEPS - 1
-    assert report["calls"] == {"dense": 0, "build": per_step, "sparse": per_step * (STEPS - 1)}
+    assert report["calls"] == {"dense": 0, "build": per_step, "sparse": per_step * (STEPS - 1), "fallback": 0}
+    assert report["dense_fallback_steps"] == 0
     assert sorted({c[0] for c in calls}) == list(range(STEPS))
     assert 0 < report["density"] < 1
     assert 0 < report["kept_mass"] <= 1.05 and 0 < report["build_kept_mass"] <= 1.0
@@ -222,6 +226,8 @@ def test_dense_masks_above_break_even_run_dense_and_say_so(pipes):
         out = _run(pipe, "wan")
         report = h.report()
     assert report["calls"]["sparse"] == 0 and report["sparse_steps"] == 0
+    assert report["calls"]["fallback"] == report["calls"]["build"] * (STEPS - 1)
+    assert report["dense_steps"] + report["dense_fallback_steps"] == STEPS and report["planned_density"] == 1.0
     assert all(layer["planned_density"] == 1.0 for layer in report["layers"].values())
     assert {f["reason"] for f in report["fallbacks"]} == {
         "planned density above the sparse break-even 0.50 of backend gather; ran dense"
