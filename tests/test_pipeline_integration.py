@@ -280,3 +280,52 @@ def test_model_cpu_offload_keeps_the_sparse_path(pipes):
         report = handle.report()
     assert [r["sparse_steps"] for r in report["runs"]] == [STEPS - 1, STEPS - 1]
     assert np.array_equal(first, second) and float(np.abs(first - expected).max()) < 1e-5
+
+
+def test_batch_of_prompts_matches_each_prompt_alone():
+    """Masks, LSE and kept-mass estimates are per batch element: each sample equals its own batch-1 run."""
+    pipe = build_tiny_wan_pipeline(locality=3.0)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle moving left", "a blue square"]
+    kwargs = dict(CALLS["wan"], num_inference_steps=STEPS, output_type="np")
+    kwargs.pop("prompt")
+
+    def run(idx):
+        gens = [torch.Generator().manual_seed(i) for i in idx]
+        return pipe(prompt=[prompts[i] for i in idx], generator=gens, **kwargs).frames
+
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+        batch = run([0, 1])
+        report = handle.report()
+        single = [run([i])[0] for i in (0, 1)]
+    assert report["sparse_steps"] == STEPS - 1 and report["density"] < 0.9
+    for i in (0, 1):
+        assert float(np.abs(batch[i] - single[i]).max()) < 1e-5
+
+
+def test_consecutive_calls_with_other_geometry_and_dtype_match_fresh_runs(pipes):
+    pipe, _ = pipes["wan"]
+    small = dict(height=96, width=96)
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+        first = _run(pipe, "wan")
+        other = _run(pipe, "wan", **small)
+        again = _run(pipe, "wan")
+        assert [r["total_steps"] for r in handle.report()["runs"]] == [STEPS] * 3
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0):
+        fresh_other = _run(pipe, "wan", **small)
+    assert np.array_equal(first, again) and np.array_equal(other, fresh_other)
+    assert other.shape[1:3] == (96, 96)
+
+
+def test_combines_with_first_block_cache(pipes):
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    pipe, _ = pipes["wan"]
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    try:
+        with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+            out = _run(pipe, "wan")
+            report = handle.report()
+    finally:
+        pipe.transformer.disable_cache()
+    assert np.isfinite(out).all() and report["sparse_steps"] >= 1 and report["fallbacks"] == []
