@@ -61,7 +61,7 @@ class SparseAttentionConfig:
         keep_text_tokens (`bool`, defaults to `True`):
             Keep joint-attention text tokens (CogVideoX, Flux put them first) as dense rows and columns.
         collect_timings (`bool`, defaults to `True`):
-            Time every intercepted attention call (adds a device synchronisation per call on CUDA).
+            Time every intercepted attention call (wall clock on CPU; CUDA events on GPU, read when reported).
     """
 
     dense_steps: int | float = 0.25

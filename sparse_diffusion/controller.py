@@ -58,11 +58,20 @@ class LayerStats:
     fallbacks: Counter = field(default_factory=Counter)
     backends: Counter = field(default_factory=Counter)
     planned_density: list = field(default_factory=list)
+    pending_cuda_times: list = field(default_factory=list)  # (phase, start event, end event), resolved on report
+
+    def resolve_times(self) -> None:
+        """Add the CUDA event pairs recorded so far to `time_s` (one wait for the device, at report time)."""
+        for phase, start, end in self.pending_cuda_times:
+            end.synchronize()
+            self.time_s[phase] += start.elapsed_time(end) / 1000.0
+        self.pending_cuda_times.clear()
 
 
 def _add(acc: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-    value = value.detach().double().cpu()
-    return value if acc is None or acc.shape != value.shape else acc + value
+    """Running sum kept on the value's device (no host copy per call)."""
+    value = value.detach().double()
+    return value if acc is None or acc.shape != value.shape else acc + value.to(acc.device)
 
 
 class SparseController:
@@ -226,7 +235,7 @@ class SparseController:
             elif self.runs:
                 self.runs[-1]["_sparse"].add(self.step)
         stats.calls[phase.value] += 1
-        stats.time_s[phase.value] += timer.elapsed
+        timer.add_to(stats, phase.value)
         return out
 
     def _build(self, layer, key, geometry, q, k, v, scale, stats) -> torch.Tensor:
@@ -295,24 +304,34 @@ def _stats_backend(backend: str) -> str:
 
 
 class _Timer:
-    """Wall time of a block; synchronises CUDA so the time is the device's."""
+    """Time of a block: wall clock on CPU; CUDA events on GPU (no synchronisation; resolved when reported)."""
 
     def __init__(self, enabled: bool, device: torch.device) -> None:
         self.enabled = enabled
         self.cuda = device.type == "cuda"
         self.elapsed = 0.0
+        self.events = None
 
     def __enter__(self):
         if self.enabled:
             if self.cuda:
-                torch.cuda.synchronize()
-            self._start = time.perf_counter()
+                self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                self.events[0].record()
+            else:
+                self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         if self.enabled:
             if self.cuda:
-                torch.cuda.synchronize()
-            self.elapsed = time.perf_counter() - self._start
+                self.events[1].record()
+            else:
+                self.elapsed = time.perf_counter() - self._start
         return False
+
+    def add_to(self, stats: LayerStats, phase: str) -> None:
+        if self.events is not None:
+            stats.pending_cuda_times.append((phase, *self.events))
+        else:
+            stats.time_s[phase] += self.elapsed
 

@@ -15,7 +15,7 @@ _PHASES = ("dense", "build", "sparse", "fallback")
 def _mean_list(total: torch.Tensor | None, n: int) -> list[float] | None:
     if total is None or n == 0:
         return None
-    return [round(float(x), 6) for x in (total / n).tolist()]
+    return [round(float(x), 6) for x in (total / n).cpu().tolist()]
 
 
 def _avg(values: list[float] | None) -> float | None:
@@ -41,6 +41,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     weighted_density, weight, mass_values, build_values, planned = 0.0, 0, [], [], []
     for name in controller.layer_names:
         st = controller.stats.get(name)
+        if st is not None:
+            st.resolve_times()
         if st is None:
             layers[name] = {"always_dense": name in controller.dense_layer_names, "calls": {}}
             continue
