@@ -346,9 +346,216 @@ def build_tiny_flux_pipeline(
     return _mark(pipe)
 
 
+def _clip_with_projection(seed: int, offset: int, hidden_size: int) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    return _seeded(seed, offset, lambda: CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=_vocab_size(), projection_dim=hidden_size, max_position_embeddings=77,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )))
+
+
+def build_tiny_sd3_pipeline(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0, dual_attention_layers: tuple = ()
+):
+    """Builds a random-weight ``diffusers.StableDiffusion3Pipeline`` (SD3 / SD3.5 layout), offline, on CPU, fp32.
+
+    Transformer: ``SD3Transformer2DModel`` with 2x2 patches, ``num_heads`` x ``head_dim``,
+    ``num_layers`` joint blocks (the last one ``context_pre_only``), 4 latent channels, joint
+    attention dim 32, pooled projection dim 32. ``dual_attention_layers`` (e.g. ``(0,)``) gives
+    those blocks SD3.5's extra image-only self-attention ``attn2`` (with RMS q/k norm, as SD3.5).
+    VAE: one-level ``AutoencoderKL`` (scale factor 1, 4 latent channels). Text encoders: two tiny
+    ``CLIPTextModelWithProjection`` (hidden 16 each, so the concatenated CLIP embeddings fill the
+    joint dim 32 without padding; pooled 16 + 16) and a tiny ``T5EncoderModel``. Scheduler:
+    ``FlowMatchEulerDiscreteScheduler(shift=3.0)`` (as the released SD3). CFG is batched (B = 2).
+
+    Joint attention runs over ``(H // 2) * (W // 2) + 77 + max_sequence_length`` tokens with the
+    image tokens first and the text tokens LAST (CLIP 77, then T5 ``max_sequence_length``, 256 by
+    default). H and W must be even. Example: 36x36, ``max_sequence_length=32`` -> 324 + 109 = 433.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, ``seed`` is not an
+            int, or ``dual_attention_layers`` holds an index outside ``range(num_layers)``.
+    """
+    _check_sizes("build_tiny_sd3_pipeline", num_layers, num_heads, head_dim, seed)
+    dual = tuple(dual_attention_layers)
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers for i in dual):
+        raise SparseDiffusionError(
+            f"build_tiny_sd3_pipeline: dual_attention_layers={dual_attention_layers!r} must hold block indices in "
+            f"0..{num_layers - 1}, e.g. (0,)."
+        )
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: SD3Transformer2DModel(
+            sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
+            attention_head_dim=head_dim, num_attention_heads=num_heads, caption_projection_dim=num_heads * head_dim,
+            joint_attention_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM, dual_attention_layers=dual,
+            qk_norm="rms_norm" if dual else None,
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKL(
+            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+            latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5035,
+        ))
+        t5 = _t5_encoder(seed, 3)
+        clip_l = _clip_with_projection(seed, 4, _TEXT_DIM // 2)
+        clip_g = _clip_with_projection(seed, 5, _TEXT_DIM // 2)
+    pipe = StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, transformer=transformer,
+        text_encoder=clip_l, tokenizer=_clip_tokenizer(), text_encoder_2=clip_g, tokenizer_2=_clip_tokenizer(),
+        text_encoder_3=t5, tokenizer_3=_t5_tokenizer(),
+    )
+    return _mark(pipe)
+
+
+def build_tiny_ltx_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
+    """Builds a random-weight ``diffusers.LTXPipeline`` (LTX-Video 0.9 layout), offline, on CPU, fp32.
+
+    Transformer: ``LTXVideoTransformer3DModel`` with 1x1x1 patches, ``num_heads`` x ``head_dim``,
+    ``num_layers`` blocks, RMS q/k norm across heads, 3-D RoPE, 8 latent channels, caption dim 32.
+    VAE: tiny ``AutoencoderKLLTXVideo`` (4x temporal, 4x spatial compression; the released VAE
+    compresses 8x / 32x). Text encoder: tiny ``T5EncoderModel``. Scheduler:
+    ``FlowMatchEulerDiscreteScheduler``. CFG is batched (B = 2) when ``guidance_scale > 1``.
+
+    Self-attention ``attn1`` sees ``((F - 1) // 4 + 1) * (H // 4) * (W // 4)`` video tokens for
+    ``F`` frames of ``H x W`` pixels (H, W multiples of 4); text enters only through cross-attention
+    ``attn2`` (keys: the ``max_sequence_length`` padded text tokens, 128 by default, with the
+    padding mask). Example: 32x32, 9 frames -> 3*8*8 = 192 tokens.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_ltx_pipeline", num_layers, num_heads, head_dim, seed)
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=num_heads,
+            attention_head_dim=head_dim, cross_attention_dim=num_heads * head_dim, num_layers=num_layers,
+            caption_channels=_TEXT_DIM,
+        ))
+
+        def make_vae():
+            vae = AutoencoderKLLTXVideo(
+                latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                spatio_temporal_scaling=(True, True, False, False),
+                decoder_spatio_temporal_scaling=(True, True, False, False), layers_per_block=(1, 1, 1, 1, 1),
+                decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=1, patch_size_t=1, encoder_causal=True,
+                decoder_causal=False,
+            )
+            vae.use_framewise_encoding = False
+            vae.use_framewise_decoding = False
+            return vae
+
+        vae = _seeded(seed, 2, make_vae)
+        text_encoder = _t5_encoder(seed, 3)
+    pipe = LTXPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=_t5_tokenizer(),
+        transformer=transformer,
+    )
+    return _mark(pipe)
+
+
+# Words of QwenImagePipeline's prompt template, so that its system prefix tokenizes to the 34 tokens the pipeline drops.
+_QWEN_TEMPLATE_WORDS = "system user assistant describe detailing color size texture quantity text spatial relationships objects"
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+
+
+def _qwen_tokenizer():
+    """Word-level stand-in for the Qwen2 tokenizer: chat markers are special tokens and newlines are tokens, so
+    QwenImagePipeline's template prefix is 34 tokens long, as with the real tokenizer."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = _QWEN_SPECIALS + ["\n"] + list(VOCABULARY) + _QWEN_TEMPLATE_WORDS.split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
+    tok.add_special_tokens(_QWEN_SPECIALS[:3])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=32768, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        unk_token="<unk>",
+    )
+
+
+def _qwen_vl_encoder(seed: int, offset: int, vocab_size: int) -> torch.nn.Module:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    # Vision token ids lie outside the vocabulary: text-only prompts never contain them.
+    special_ids = dict(
+        vision_start_token_id=vocab_size, vision_end_token_id=vocab_size + 1, vision_token_id=vocab_size + 2,
+        image_token_id=vocab_size + 3, video_token_id=vocab_size + 4,
+    )
+    text_config = dict(
+        hidden_size=_TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=vocab_size, rope_theta=1000000.0, bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        rope_scaling={"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
+    )
+    vision_config = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=_TEXT_DIM)
+    return _seeded(seed, offset, lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=text_config, vision_config=vision_config, hidden_size=_TEXT_DIM, vocab_size=vocab_size,
+        bos_token_id=None, eos_token_id=2, pad_token_id=0, **special_ids,
+    )))
+
+
+def build_tiny_qwenimage_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
+    """Builds a random-weight ``diffusers.QwenImagePipeline`` (Qwen-Image layout), offline, on CPU, fp32.
+
+    Transformer: ``QwenImageTransformer2DModel`` with 2x2 packed patches, ``num_heads`` x
+    ``head_dim``, ``num_layers`` double-stream blocks, RoPE axes that sum to ``head_dim``
+    (64 -> (16, 24, 24)), 16 latent channels (64 packed), joint attention dim 32, no guidance
+    embedding. VAE: tiny ``AutoencoderKLQwenImage`` (8x spatial, as the released one). Text
+    encoder: tiny ``Qwen2_5_VLForConditionalGeneration`` (2 text layers, hidden 32, M-RoPE; a
+    1-layer vision tower that text prompts never use) with a word-level tokenizer whose chat
+    markers are special tokens, so the pipeline's template prefix is the 34 tokens it drops.
+    Scheduler: ``FlowMatchEulerDiscreteScheduler``. With ``true_cfg_scale > 1`` and a
+    ``negative_prompt`` each step runs two B = 1 passes (``cond``, then ``uncond``), whose text
+    lengths differ.
+
+    Joint attention runs over ``text + (H // 16) * (W // 16)`` tokens with the text tokens FIRST;
+    text is the prompt's words plus 5 template tokens (``<|im_end|>``, newline, ``<|im_start|>``,
+    ``assistant``, newline). H and W must be multiples of 16. Example: 128x128, "a green triangle"
+    -> 8 + 64 = 72 tokens.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd or below 8, or
+            ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_qwenimage_pipeline", num_layers, num_heads, head_dim, seed)
+    if head_dim < 8:
+        raise SparseDiffusionError(f"build_tiny_qwenimage_pipeline: head_dim={head_dim} is below 8; use e.g. 64.")
+    from diffusers import (
+        AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel,
+    )
+
+    tokenizer = _qwen_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: QwenImageTransformer2DModel(
+            patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers, attention_head_dim=head_dim,
+            num_attention_heads=num_heads, joint_attention_dim=_TEXT_DIM, guidance_embeds=False,
+            axes_dims_rope=_flux_rope_axes(head_dim),
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKLQwenImage(
+            base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+        ))
+        text_encoder = _qwen_vl_encoder(seed, 3, len(tokenizer))
+    pipe = QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        transformer=transformer,
+    )
+    return _mark(pipe)
+
+
 #: Builder per pipeline kind, for the CLI and the tests.
 TINY_BUILDERS: dict[str, Callable] = {
     "wan": build_tiny_wan_pipeline,
     "cogvideox": build_tiny_cogvideox_pipeline,
     "flux": build_tiny_flux_pipeline,
+    "sd3": build_tiny_sd3_pipeline,
+    "ltx": build_tiny_ltx_pipeline,
+    "qwenimage": build_tiny_qwenimage_pipeline,
 }

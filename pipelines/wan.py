@@ -1,5 +1,5 @@
-"""Wan 2.1 text-to-video (`WanTransformer3DModel`): self-attention `blocks.N.attn1` over video tokens only; text
-enters through cross-attention `attn2`, which stays dense."""
+"""Wan 2.1 / 2.2 (`WanTransformer3DModel`): self-attention `blocks.N.attn1` over video tokens only; text enters
+through cross-attention `attn2`, which stays dense. Wan 2.2's low-noise expert `transformer_2` is accelerated too."""
 
 from .base import Adapter
 
@@ -9,5 +9,6 @@ WAN = Adapter(
     transformer_classes=("WanTransformer3DModel",),
     self_attention=r"blocks\.\d+\.attn1",
     text_position=None,
+    denoiser_components=("transformer", "transformer_2"),
     token_layout="video tokens F x H x W (patch 1x2x2) in attn1; cross-attention attn2 to text stays dense",
 )

@@ -37,9 +37,10 @@ class SparseHandle:
     """Handle of an accelerated denoiser: statistics, report, removal. Also a context manager (removes on exit)."""
 
     def __init__(
-        self, denoiser: torch.nn.Module, controller: SparseController, adapter: Adapter, torch_hooks: list, pipe: Any = None
+        self, denoisers: dict[str, torch.nn.Module], controller: SparseController, adapter: Adapter,
+        torch_hooks: dict[str, list], pipe: Any = None,
     ):
-        self.denoiser = denoiser
+        self.denoisers = dict(denoisers)  # component name -> module (Wan 2.2: transformer and transformer_2)
         self.controller = controller
         self.adapter = adapter
         self._torch_hooks = torch_hooks
@@ -47,6 +48,11 @@ class SparseHandle:
         self.removed = False
         if pipe is not None:
             _mark_call_starts(pipe, controller)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The first accelerated denoiser (`pipe.transformer` for most pipelines)."""
+        return next(iter(self.denoisers.values()))
 
     @property
     def config(self) -> SparseAttentionConfig:
@@ -60,7 +66,8 @@ class SparseHandle:
         """JSON-serialisable statistics since acceleration (or `reset_stats()`): steps, density, kept mass,
         per-layer and per-head figures, re-plans, fallbacks and attention time per phase. See `report.build_report`."""
         weights = getattr(self._pipe, "_sparse_diffusion_weights", None)
-        return build_report(self.controller, self.adapter, model_class=type(self.denoiser).__name__, weights=weights)
+        model = ", ".join(sorted({type(d).__name__ for d in self.denoisers.values()}))
+        return build_report(self.controller, self.adapter, model_class=model, weights=weights)
 
     def format_report(self) -> str:
         """The report as a short text table, for logs and bug reports."""
@@ -93,12 +100,13 @@ class SparseHandle:
         """Remove every hook: the denoiser is back to its untouched, bit-identical dense behaviour."""
         if self.removed:
             return
-        remove_hooks(self.denoiser, self._torch_hooks)
+        for name, denoiser in self.denoisers.items():
+            remove_hooks(denoiser, self._torch_hooks[name])
+            if getattr(denoiser, _HANDLE_ATTR, None) is self:
+                delattr(denoiser, _HANDLE_ATTR)
         if self._pipe is not None:
             _unmark_call_starts(self._pipe)
         self.controller.reset()
-        if getattr(self.denoiser, _HANDLE_ATTR, None) is self:
-            delattr(self.denoiser, _HANDLE_ATTR)
         self.removed = True
 
     def __enter__(self) -> "SparseHandle":
@@ -110,7 +118,7 @@ class SparseHandle:
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"{len(self.controller.layer_names)} layers"
-        return f"SparseHandle({self.adapter.family}, {type(self.denoiser).__name__}, {state})"
+        return f"SparseHandle({self.adapter.family}, {', '.join(self.denoisers)}, {state})"
 
 
 _PROGRESS_ATTR = "_sparse_diffusion_progress_bar"
@@ -173,33 +181,43 @@ def _check_not_parallel(denoiser: torch.nn.Module) -> None:
 
 
 def _accelerate(
-    denoiser: torch.nn.Module, config: SparseAttentionConfig, adapter: Adapter, total_steps_fn, restart: bool, pipe
+    denoisers: dict[str, torch.nn.Module], config: SparseAttentionConfig, adapter: Adapter, total_steps_fn,
+    restart: bool, pipe,
 ) -> SparseHandle:
-    if not isinstance(denoiser, torch.nn.Module):
-        raise SparseDiffusionError(f"expected a torch.nn.Module denoiser, got {type(denoiser).__name__}.")
-    _check_not_parallel(denoiser)
-    _check_backend_can_serve(denoiser, config)
+    """Hook every denoiser under one controller. Layers of the first keep their module names; those of the others
+    are prefixed with their component name (`transformer_2.blocks.0.attn1`), so each gets its own plans."""
+    for denoiser in denoisers.values():
+        if not isinstance(denoiser, torch.nn.Module):
+            raise SparseDiffusionError(f"expected a torch.nn.Module denoiser, got {type(denoiser).__name__}.")
+        _check_not_parallel(denoiser)
+        _check_backend_can_serve(denoiser, config)
     if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None:
         raise SparseDiffusionError(
             f"dense_steps={config.dense_steps} is a fraction, but accelerate_model() does not know the number of "
             "denoising steps; pass num_inference_steps=... or an int dense_steps."
         )
-    previous = getattr(denoiser, _HANDLE_ATTR, None)
-    if previous is not None:
-        logger.info("sparse-diffusion: %s was already accelerated; replacing the previous configuration", type(denoiser).__name__)
-        previous.remove()
-    layers = adapter.self_attention_layers(denoiser)
+    layers = {}
+    for i, (component, denoiser) in enumerate(denoisers.items()):
+        prefix = "" if i == 0 else f"{component}."
+        layers[component] = [(prefix + name, module) for name, module in adapter.self_attention_layers(denoiser)]
+    for denoiser in denoisers.values():
+        previous = getattr(denoiser, _HANDLE_ATTR, None)
+        if previous is not None:
+            logger.info("sparse-diffusion: %s was already accelerated; replacing the previous configuration",
+                        type(denoiser).__name__)
+            previous.remove()
     controller = SparseController(
         config,
-        [name for name, _ in layers],
+        [name for component_layers in layers.values() for name, _ in component_layers],
         total_steps_fn,
         restart_on_timestep_increase=restart,
         text_position=adapter.text_position,
     )
-    torch_hooks = install_hooks(denoiser, controller, adapter, layers)
-    handle = SparseHandle(denoiser, controller, adapter, torch_hooks, pipe)
-    setattr(denoiser, _HANDLE_ATTR, handle)
-    logger.info("sparse-diffusion: accelerating %d %s self-attention layers", len(layers), adapter.family)
+    torch_hooks = {c: install_hooks(d, controller, adapter, layers[c]) for c, d in denoisers.items()}
+    handle = SparseHandle(denoisers, controller, adapter, torch_hooks, pipe)
+    for denoiser in denoisers.values():
+        setattr(denoiser, _HANDLE_ATTR, handle)
+    logger.info("sparse-diffusion: accelerating %d %s self-attention layers", len(controller.layer_names), adapter.family)
     return handle
 
 
@@ -210,7 +228,8 @@ def accelerate_pipeline(
 
     Args:
         pipe: a diffusers pipeline with a supported denoiser in `pipe.transformer` (Wan, CogVideoX, Flux; see the
-            README table) and a scheduler whose `timesteps` give the number of denoising steps.
+            README table; Wan 2.2's `transformer_2` is accelerated too, with its own plans) and a scheduler whose
+            `timesteps` give the number of denoising steps.
         config: `SparseAttentionConfig`; default settings when `None`.
         adapter: adapter name or instance; looked up from the denoiser class when `None`. `"generic"` accelerates
             every square, unmasked self-attention call of an unknown model.
@@ -225,17 +244,21 @@ def accelerate_pipeline(
             context-parallel models.
     """
     config = _make_config(config, overrides)
-    denoiser = getattr(pipe, "transformer", None)
-    if not isinstance(denoiser, torch.nn.Module):
+    found = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2")}
+    found = {name: module for name, module in found.items() if isinstance(module, torch.nn.Module)}
+    if not found:
         raise SparseDiffusionError(
             f"{type(pipe).__name__} has no `transformer` denoiser; for a UNet or a bare model use accelerate_model()."
         )
-    resolved = get_adapter(denoiser, adapter)
+    resolved = get_adapter(next(iter(found.values())), adapter)
+    denoisers = {name: module for name, module in found.items() if name in resolved.denoiser_components}
+    if resolved.family == "generic" or not denoisers:
+        denoisers = found
 
     def total_steps() -> int | None:
         return count_denoising_steps(getattr(getattr(pipe, "scheduler", None), "timesteps", None))
 
-    return _accelerate(denoiser, config, resolved, total_steps, restart=False, pipe=pipe)
+    return _accelerate(denoisers, config, resolved, total_steps, restart=False, pipe=pipe)
 
 
 def accelerate_model(
@@ -260,4 +283,4 @@ def accelerate_model(
     resolved = get_adapter(model, adapter)
     if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
         raise SparseDiffusionError(f"num_inference_steps={num_inference_steps!r} must be a positive int or None.")
-    return _accelerate(model, config, resolved, lambda: num_inference_steps, restart=True, pipe=None)
+    return _accelerate({"model": model}, config, resolved, lambda: num_inference_steps, restart=True, pipe=None)

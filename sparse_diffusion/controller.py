@@ -293,7 +293,7 @@ class SparseController:
             run = dict(run)
             sparse, seen = run.pop("_sparse"), run.pop("_seen")
             run["sparse_steps"] = len(sparse)
-            # steps after the warm-up in which no layer ran sparse (every layer above break-even or failed)
+            # steps after the warm-up in which no layer ran sparse (re-plans, break-even fallbacks, errors)
             run["dense_fallback_steps"] = len({s for s in seen if s >= run["dense_steps"]} - sparse)
             runs.append(run)
         return runs

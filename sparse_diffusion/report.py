@@ -26,7 +26,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     """Report dict (JSON-serialisable).
 
     Keys: `model`, `adapter`, `token_layout`, `weights`, `config`, `runs` (per pipeline call: total steps, dense
-    warm-up steps, sparse steps, and `dense_fallback_steps`: later steps in which no layer ran sparse),
+    warm-up steps, sparse steps, and `dense_fallback_steps`: later steps in which no layer ran sparse, i.e.
+    re-plans, break-even fallbacks, errors),
     `dense_steps`/`sparse_steps`/`dense_fallback_steps`/`total_steps` (last call), `density` (kept key blocks / all
     key blocks over sparse calls, mean over layers and heads), `planned_density` (mean density of the built masks,
     also those that ran dense above the break-even), `kept_mass` (mean `exp(lse_sparse - lse_dense)`: the kept

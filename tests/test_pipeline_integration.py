@@ -329,3 +329,36 @@ def test_combines_with_first_block_cache(pipes):
     finally:
         pipe.transformer.disable_cache()
     assert np.isfinite(out).all() and report["sparse_steps"] >= 1 and report["fallbacks"] == []
+
+
+def test_wan22_two_experts_get_separate_plans():
+    from diffusers import WanPipeline
+
+    base = build_tiny_wan_pipeline(locality=3.0)
+    expert_2 = build_tiny_wan_pipeline(seed=1, locality=3.0).transformer
+    pipe = WanPipeline(
+        tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler,
+        transformer=base.transformer, transformer_2=expert_2, boundary_ratio=0.9,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    steps = 6
+    baseline = _run(pipe, "wan", steps=steps)
+    with accelerate_pipeline(pipe, dense_steps=steps, block_size=16) as handle:
+        assert np.array_equal(_run(pipe, "wan", steps=steps), baseline)
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+        calls = _spy(handle)
+        out = _run(pipe, "wan", steps=steps)
+        report = handle.report()
+    assert np.isfinite(out).all()
+    first = {c[0] for c in calls if not c[2].startswith("transformer_2.")}
+    second = {c[0] for c in calls if c[2].startswith("transformer_2.")}
+    assert first and second and max(first) < min(second), "the expert switch happens at the boundary timestep"
+    layers = report["layers"]
+    assert set(layers) == {"blocks.0.attn1", "blocks.1.attn1", "transformer_2.blocks.0.attn1", "transformer_2.blocks.1.attn1"}
+    for name in ("transformer_2.blocks.0.attn1", "transformer_2.blocks.1.attn1"):
+        assert layers[name]["calls"]["build"] == 2 and layers[name]["calls"]["sparse"] > 0
+        assert layers[name]["replans"] == {"no plan for this context": 2}
+    # the switch step re-plans every layer of the second expert, so no layer runs sparse in that step
+    assert report["sparse_steps"] == steps - 2 and report["dense_fallback_steps"] == 1
+    assert "WanTransformer3DModel" in report["model"]
+    assert np.array_equal(_run(pipe, "wan", steps=steps), baseline), "remove() restores both experts"
