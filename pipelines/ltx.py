@@ -9,5 +9,7 @@ LTX = Adapter(
     transformer_classes=("LTXVideoTransformer3DModel",),
     self_attention=r"transformer_blocks\.\d+\.attn1",
     text_position=None,
-    token_layout="video tokens F x H x W (patch 1x1x1 on the VAE latents) in attn1; cross-attention attn2 to text stays dense",
+    token_layout=(
+        "video tokens F x H x W (patch 1x1x1 on the VAE latents) in attn1; cross-attention attn2 to text stays dense"
+    ),
 )

@@ -32,14 +32,26 @@ CogVideoX 256x256, 33 fr.  226 + 9*16*16 = 2530                             ~0.1
 Flux 64x64                 512 text + 32*32 image = 1536, text FIRST in     ~30 ms/step; 3 steps with
                            double and single blocks                         decode ~0.13 s
 Flux 128x128               512 + 64*64 = 4608                               ~0.18 s/step; decode ~0.1 s
+SD3 36x36,                 18*18 = 324 image + 77 CLIP + 32 T5 = 433,       ~13 ms/step; 3 steps with
+max_sequence_length=32     text LAST; CFG batched (B=2)                     decode ~0.05 s
+SD3 128x128                64*64 + 77 + 256 = 4429                          ~0.36 s/step; decode ~0.26 s
+LTX 32x32, 9 frames,       3*8*8 = 192 video tokens; cross-attn keys are    ~8 ms/step; 3 steps with
+max_sequence_length=16     the padded text tokens (128 by default); CFG     decode ~0.04 s
+                           batched (B=2)
+LTX 128x128, 17 frames     5*32*32 = 5120                                   ~0.49 s/step; decode ~0.44 s
+Qwen-Image 256x256         prompt words + 5 text, then 16*16 = 256 image,   ~14 ms/step (both passes);
+                           text FIRST; true CFG = two B=1 passes (cond,     3 steps with decode ~0.17 s
+                           uncond), each with its own text length
+Qwen-Image 512x512         text + 32*32 = 1024 image tokens                 ~42 ms/step; decode ~0.6 s
 =========================  ===============================================  ===========================
 
 The first build in a process pays ~2-3 s of diffusers/transformers imports and the first call
 up to ~2 s of CPU kernel warm-up; the times above are from warm calls. Besides the
-transformer, ``F.scaled_dot_product_attention`` is also called by the text encoders (T5/UMT5/CLIP,
-transformers ``sdpa``) and by the VAE mid-block attention, so interception must stay limited to
+transformer, ``F.scaled_dot_product_attention`` is also called by the text encoders (T5/UMT5/CLIP/
+Qwen2.5-VL, transformers ``sdpa``) and by the VAE mid-block attention, so interception must stay limited to
 hooked transformer modules. Outputs are finite, in [0, 1]; with random weights Wan frames are
-low-contrast (std ~0.07 around 0.5) and a few percent of Flux pixels clip at 0 or 1.
+low-contrast (std ~0.07 around 0.5), a few percent of Flux pixels and under 1% of SD3 and LTX pixels
+clip at 0 or 1, and Qwen-Image images stay within about [0.3, 0.7].
 
 Token arithmetic: Wan and CogVideoX VAEs compress 4x in time (``(F - 1) // 4 + 1`` latent frames)
 and 8x in space, and the transformers patchify 2x2, so a video token covers 16x16 pixels. The Flux
@@ -47,7 +59,12 @@ VAE here has scale factor 1 and the pipeline packs 2x2 latents, so an image toke
 Wan puts text only in cross-attention (keys/values are the ``max_sequence_length`` padded text
 tokens, 512 by default). CogVideoX needs ``max_sequence_length`` equal to the transformer's
 ``max_text_seq_length`` (226, the pipeline default). Flux's text length is ``max_sequence_length``
-(512 by default; pass a smaller value for shorter joint sequences).
+(512 by default; pass a smaller value for shorter joint sequences). The SD3 VAE here has scale factor 1 and the
+transformer patchifies 2x2, so an image token covers 2x2 pixels; SD3's text is the 77 CLIP tokens followed by the
+``max_sequence_length`` T5 tokens (256 by default), LAST in the joint sequence. The LTX VAE here compresses 4x in
+time and space and the transformer patch is 1x1x1, so a video token covers 4x4 pixels of 4 frames. The Qwen-Image
+VAE compresses 8x and the pipeline packs 2x2 latents, so an image token covers 16x16 pixels; its text is the
+prompt's words plus 5 chat-template tokens (the 34-token system prefix is dropped), FIRST in the joint sequence.
 """
 
 from __future__ import annotations
@@ -385,7 +402,9 @@ def build_tiny_sd3_pipeline(
             f"build_tiny_sd3_pipeline: dual_attention_layers={dual_attention_layers!r} must hold block indices in "
             f"0..{num_layers - 1}, e.g. (0,)."
         )
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline,
+    )
 
     with torch.random.fork_rng(devices=[]):
         transformer = _seeded(seed, 1, lambda: SD3Transformer2DModel(
@@ -428,7 +447,9 @@ def build_tiny_ltx_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim
         SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.
     """
     _check_sizes("build_tiny_ltx_pipeline", num_layers, num_heads, head_dim, seed)
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel,
+    )
 
     with torch.random.fork_rng(devices=[]):
         transformer = _seeded(seed, 1, lambda: LTXVideoTransformer3DModel(
@@ -458,8 +479,11 @@ def build_tiny_ltx_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim
     return _mark(pipe)
 
 
-# Words of QwenImagePipeline's prompt template, so that its system prefix tokenizes to the 34 tokens the pipeline drops.
-_QWEN_TEMPLATE_WORDS = "system user assistant describe detailing color size texture quantity text spatial relationships objects"
+# Words of QwenImagePipeline's prompt template, so that its system prefix tokenizes to the 34 tokens the pipeline
+# drops.
+_QWEN_TEMPLATE_WORDS = (
+    "system user assistant describe detailing color size texture quantity text spatial relationships objects"
+)
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 
 

@@ -6,6 +6,7 @@ The pipeline's `maybe_free_model_hooks()` resets stateful hooks at the end of ev
 
 from __future__ import annotations
 
+import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
@@ -44,6 +45,7 @@ class DenoiserStepHook(ModelHook):
         except ValueError:  # the pipeline set no cache context
             return None
 
+    @torch.compiler.disable  # Python call state: runs eagerly inside a compiled denoiser
     def before_forward(self, module, args, kwargs):
         self.controller.begin_forward(
             self.adapter.read_timestep(module, args, kwargs),
@@ -51,6 +53,7 @@ class DenoiserStepHook(ModelHook):
             self.adapter.text_length(module, args, kwargs),
         )
 
+    @torch.compiler.disable
     def after_forward(self, module, args, kwargs, output):
         self.controller.end_forward()
 
@@ -68,10 +71,12 @@ class AttentionLayerHook(ModelHook):
         self.controller = controller
         self.layer = layer
 
+    @torch.compiler.disable  # phases change per step: a compiled denoiser runs hooked attention modules eagerly
     def new_forward(self, module, *args, **kwargs):
         if not self.controller.in_forward:
             return self.fn_ref.original_forward(*args, **kwargs)
-        with SDPAInterceptor(self.controller, self.layer) as mode:
+        mode = SDPAInterceptor(self.controller, self.layer)
+        with mode:
             out = self.fn_ref.original_forward(*args, **kwargs)
         if mode.seen == 0:
             self.controller.record_not_intercepted(self.layer)

@@ -362,3 +362,22 @@ def test_wan22_two_experts_get_separate_plans():
     assert report["sparse_steps"] == steps - 2 and report["dense_fallback_steps"] == 1
     assert "WanTransformer3DModel" in report["model"]
     assert np.array_equal(_run(pipe, "wan", steps=steps), baseline), "remove() restores both experts"
+
+
+def test_compiled_transformer_runs_hooked_attention_eagerly_without_recompiles():
+    from torch._dynamo.utils import counters
+
+    pipe = build_tiny_wan_pipeline(locality=3.0)
+    pipe.set_progress_bar_config(disable=True)
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0):
+        expected = _run(pipe, "wan")
+    handle = accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0)
+    pipe.transformer.compile(backend="eager")
+    torch._dynamo.reset()
+    first = _run(pipe, "wan")
+    graphs = counters["stats"]["unique_graphs"]
+    second = _run(pipe, "wan")
+    assert counters["stats"]["unique_graphs"] == graphs, "no recompilation once warm"
+    assert np.array_equal(first, second) and float(np.abs(first - expected).max()) < 1e-5
+    assert handle.report()["calls"]["sparse"] == 2 * 2 * 2 * (STEPS - 1)
+    handle.remove()
