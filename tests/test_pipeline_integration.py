@@ -381,3 +381,26 @@ def test_compiled_transformer_runs_hooked_attention_eagerly_without_recompiles()
     assert np.array_equal(first, second) and float(np.abs(first - expected).max()) < 1e-5
     assert handle.report()["calls"]["sparse"] == 2 * 2 * 2 * (STEPS - 1)
     handle.remove()
+
+
+def test_flux_true_cfg_counts_two_forwards_as_one_step(pipes):
+    pipe, _ = pipes["flux"]
+    with accelerate_pipeline(pipe, dense_steps=2, block_size=64, sparse_density_limit=1.0) as handle:
+        calls = _spy(handle)
+        out = _run(pipe, "flux", negative_prompt="blurry", true_cfg_scale=2.0)
+        report = handle.report()
+    steps = [c[0] for c in calls]
+    per_step = len(handle.layer_names) * 2
+    assert [steps.count(s) for s in range(STEPS)] == [per_step] * STEPS
+    assert {c[1][0] for c in calls} == {"cond", "uncond"}
+    assert np.isfinite(out).all() and report["dense_steps"] == 2 and report["sparse_steps"] == STEPS - 2
+
+
+def test_context_parallel_models_are_refused(pipes):
+    pipe, _ = pipes["wan"]
+    pipe.transformer._parallel_config = object()  # what diffusers' enable_parallelism() sets
+    try:
+        with pytest.raises(SparseDiffusionError, match="parallelism"):
+            accelerate_pipeline(pipe)
+    finally:
+        pipe.transformer._parallel_config = None
