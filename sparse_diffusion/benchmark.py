@@ -7,7 +7,6 @@ reference on a sample of query blocks (the full Sq x Sk reference would not fit 
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 

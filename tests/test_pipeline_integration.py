@@ -87,7 +87,7 @@ def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
     assert sorted({c[0] for c in calls}) == list(range(STEPS))
     assert 0 < report["density"] < 1
     assert 0 < report["kept_mass"] <= 1.05 and 0 < report["build_kept_mass"] <= 1.0
-    for name, layer in report["layers"].items():
+    for layer in report["layers"].values():
         assert len(layer["head_density"]) == pipe.transformer.config.num_attention_heads
         assert layer["calls"]["sparse"] == FORWARDS_PER_STEP[family] * (STEPS - 1)
     assert report["fallbacks"] == [] and report["passthrough"] == []
@@ -209,7 +209,7 @@ def test_clear_errors_for_unsupported_models_and_bad_config(pipes):
         accelerate_pipeline(pipe, backend="flex")
     with pytest.raises(SparseDiffusionError, match="adapter"):
         accelerate_pipeline(pipe, adapter=123)
-    assert DENOISER_HOOK not in getattr(pipe.transformer, "_diffusers_hook").hooks, "failed calls leave no hooks"
+    assert DENOISER_HOOK not in pipe.transformer._diffusers_hook.hooks, "failed calls leave no hooks"
 
 
 def test_accelerate_model_counts_calls_from_timesteps(pipes):
