@@ -64,7 +64,7 @@ def pipes():
 
 
 def _spy(handle):
-    """Record (step, context, layer, q shape, text length) of every attention call the controller serves."""
+    """Record (step, context, layer, q shape, text length, v) of every attention call the controller serves."""
     calls = []
     controller = handle.controller
     original = controller.attention
