@@ -227,9 +227,9 @@ def accelerate_pipeline(
     """Accelerate a diffusers pipeline's denoiser with block-sparse self-attention after a dense warm-up.
 
     Args:
-        pipe: a diffusers pipeline with a supported denoiser in `pipe.transformer` (Wan, CogVideoX, Flux, SD3, LTX, Qwen-Image; see the
-            README table; Wan 2.2's `transformer_2` is accelerated too, with its own plans) and a scheduler whose
-            `timesteps` give the number of denoising steps.
+        pipe: a diffusers pipeline with a supported denoiser in `pipe.transformer` (Wan, CogVideoX, Flux, SD3, LTX,
+            Qwen-Image; see the README table; Wan 2.2's `transformer_2` is accelerated too, with its own plans) and
+            a scheduler whose `timesteps` give the number of denoising steps.
         config: `SparseAttentionConfig`; default settings when `None`.
         adapter: adapter name or instance; looked up from the denoiser class when `None`. `"generic"` accelerates
             every square, unmasked self-attention call of an unknown model.
