@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from sparse_diffusion import accelerate_pipeline
-from sparse_diffusion.errors import SparseDiffusionError
+from pipeline_helpers import run_pipeline, spy_attention
 from sparse_diffusion.pipelines import ADAPTERS, get_adapter
 from sparse_diffusion.pipelines.tiny import (
     TINY_BUILDERS,
@@ -16,6 +14,8 @@ from sparse_diffusion.pipelines.tiny import (
     build_tiny_sd3_pipeline,
 )
 
+from sparse_diffusion import accelerate_pipeline
+from sparse_diffusion.errors import SparseDiffusionError
 
 STEPS = 3
 BLOCK = 16
@@ -48,9 +48,7 @@ FORWARDS_PER_STEP = {"sd3": 1, "ltx": 1, "qwenimage": 2}
 
 
 def _run(pipe, family, steps=STEPS, seed=0, **extra):
-    kwargs = dict(CALLS[family], num_inference_steps=steps, output_type="np", **extra)
-    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed))
-    return out.frames[0] if hasattr(out, "frames") else out.images[0]
+    return run_pipeline(pipe, CALLS[family], steps, seed, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +59,6 @@ def pipes():
         pipe.set_progress_bar_config(disable=True)
         built[family] = (pipe, _run(pipe, family))
     return built
-
-
-def _spy(handle):
-    """Record (step, context, layer, q shape, text length, v) of every attention call the controller serves."""
-    calls = []
-    controller = handle.controller
-    original = controller.attention
-
-    def attention(layer, q, k, v, scale, dense_fn):
-        calls.append((controller.step, controller.context, layer, tuple(q.shape), controller.text_len, v))
-        return original(layer, q, k, v, scale, dense_fn)
-
-    controller.attention = attention
-    return calls
 
 
 def _text_blocks(family, text_len, seq_len, block=BLOCK):
@@ -113,7 +97,7 @@ def test_sparse_run_intercepts_only_self_attention_and_remove_restores(pipes, fa
         pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, policy="topk", topk_ratio=0.5,
         refresh_threshold=0,
     )
-    calls = _spy(handle)
+    calls = spy_attention(handle)
     out = _run(pipe, family)
     report = json.loads(json.dumps(handle.report()))
     image_tokens, text_lens, _ = LAYOUT[family]
@@ -150,7 +134,7 @@ def test_text_tokens_sit_where_the_adapter_says(pipes, family):
     hook = attn.add_v_proj.register_forward_hook(lambda mod, args, out: projected.append(out.detach()))
     try:
         with accelerate_pipeline(pipe, dense_steps=STEPS, block_size=BLOCK) as handle:
-            calls = _spy(handle)
+            calls = spy_attention(handle)
             _run(pipe, family, steps=1)
     finally:
         hook.remove()
@@ -208,7 +192,7 @@ def test_sd35_dual_attention_keeps_image_only_attn2_dense():
     assert pipe.transformer.transformer_blocks[0].attn2 is not None
     baseline = _run(pipe, "sd3")
     with accelerate_pipeline(pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0) as handle:
-        calls = _spy(handle)
+        calls = spy_attention(handle)
         out = _run(pipe, "sd3")
         report = handle.report()
     assert {c[2] for c in calls} == LAYERS["sd3"], "attn2 holds no text tokens and is not accelerated"
@@ -222,7 +206,7 @@ def test_sd3_skip_layer_guidance_pass_gets_its_own_plan(pipes):
     pipe, _ = pipes["sd3"]
     extra = dict(skip_guidance_layers=[1], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=0.5)
     with accelerate_pipeline(pipe, dense_steps=2, block_size=BLOCK, sparse_density_limit=1.0) as handle:
-        calls = _spy(handle)
+        calls = spy_attention(handle)
         out = _run(pipe, "sd3", steps=6, **extra)
         report = handle.report()
     assert np.isfinite(out).all()

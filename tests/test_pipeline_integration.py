@@ -5,16 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model, accelerate_pipeline
-from sparse_diffusion.api import count_denoising_steps
-from sparse_diffusion.hooks import ATTENTION_HOOK, DENOISER_HOOK
+from pipeline_helpers import run_pipeline, spy_attention
 from sparse_diffusion.pipelines.tiny import (
     build_tiny_cogvideox_pipeline,
     build_tiny_flux_pipeline,
     build_tiny_wan_pipeline,
 )
 
+from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model, accelerate_pipeline
+from sparse_diffusion.api import count_denoising_steps
+from sparse_diffusion.hooks import ATTENTION_HOOK, DENOISER_HOOK
 
 STEPS = 4
 CALLS = {
@@ -28,9 +28,7 @@ FORWARDS_PER_STEP = {"wan": 2, "cogvideox": 1, "flux": 1}
 
 
 def _run(pipe, family, steps=STEPS, seed=0, **extra):
-    kwargs = dict(CALLS[family], num_inference_steps=steps, output_type="np", **extra)
-    out = pipe(**kwargs, generator=torch.Generator().manual_seed(seed))
-    return out.frames[0] if hasattr(out, "frames") else out.images[0]
+    return run_pipeline(pipe, CALLS[family], steps, seed, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +39,6 @@ def pipes():
         pipe.set_progress_bar_config(disable=True)
         built[family] = (pipe, _run(pipe, family))
     return built
-
-
-def _spy(handle):
-    """Record (step, context, layer, q shape) of every attention call the controller serves."""
-    calls = []
-    original = handle.controller.attention
-
-    def attention(layer, q, k, v, scale, dense_fn):
-        calls.append((handle.controller.step, handle.controller.context, layer, tuple(q.shape)))
-        return original(layer, q, k, v, scale, dense_fn)
-
-    handle.controller.attention = attention
-    return calls
 
 
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "flux"])
@@ -75,7 +60,7 @@ def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
 def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
     pipe, baseline = pipes[family]
     handle = accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, policy="topk", topk_ratio=0.5, refresh_threshold=0)
-    calls = _spy(handle)
+    calls = spy_attention(handle)
     out = _run(pipe, family)
     report = json.loads(json.dumps(handle.report()))
     n_layers = len(handle.layer_names)
@@ -117,7 +102,7 @@ def test_split_and_batched_cfg_give_the_same_step_indices(pipes):
     for family in ("wan", "cogvideox"):
         pipe, _ = pipes[family]
         with accelerate_pipeline(pipe, dense_steps=2, block_size=16, sparse_density_limit=1.0) as handle:
-            calls = _spy(handle)
+            calls = spy_attention(handle)
             _run(pipe, family)
             report = handle.report()
         steps = [c[0] for c in calls]
@@ -140,7 +125,7 @@ def test_second_order_scheduler_counts_steps_not_forwards(pipes):
     pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(original.config)
     try:
         with accelerate_pipeline(pipe, dense_steps=2, block_size=16, sparse_density_limit=1.0) as handle:
-            calls = _spy(handle)
+            calls = spy_attention(handle)
             out = _run(pipe, "wan", steps=3)
             report = handle.report()
         assert len(pipe.scheduler.timesteps) == 5  # Heun: 2N - 1 model evaluations
@@ -155,7 +140,7 @@ def test_second_order_scheduler_counts_steps_not_forwards(pipes):
 def test_only_denoiser_self_attention_is_intercepted(pipes):
     pipe, _ = pipes["wan"]
     with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
-        calls = _spy(handle)
+        calls = spy_attention(handle)
         _run(pipe, "wan")
     assert {c[2] for c in calls} == {"blocks.0.attn1", "blocks.1.attn1"}
     assert all(c[3][2] == 3 * 8 * 8 for c in calls)  # video tokens only; text/VAE/cross-attention untouched
@@ -346,7 +331,7 @@ def test_wan22_two_experts_get_separate_plans():
     with accelerate_pipeline(pipe, dense_steps=steps, block_size=16) as handle:
         assert np.array_equal(_run(pipe, "wan", steps=steps), baseline)
     with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
-        calls = _spy(handle)
+        calls = spy_attention(handle)
         out = _run(pipe, "wan", steps=steps)
         report = handle.report()
     assert np.isfinite(out).all()
@@ -386,7 +371,7 @@ def test_compiled_transformer_runs_hooked_attention_eagerly_without_recompiles()
 def test_flux_true_cfg_counts_two_forwards_as_one_step(pipes):
     pipe, _ = pipes["flux"]
     with accelerate_pipeline(pipe, dense_steps=2, block_size=64, sparse_density_limit=1.0) as handle:
-        calls = _spy(handle)
+        calls = spy_attention(handle)
         out = _run(pipe, "flux", negative_prompt="blurry", true_cfg_scale=2.0)
         report = handle.report()
     steps = [c[0] for c in calls]
