@@ -147,13 +147,16 @@ def _unmark_call_starts(pipe: Any) -> None:
 
 
 def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionConfig) -> None:
-    """Refuse, before any step runs, a forced backend that can never serve this denoiser's device and dtype."""
-    if config.backend == "auto":
-        return
-    from . import ops
+    """Refuse, before any step runs, a forced backend that can never serve this denoiser's device and dtype; on CPU
+    also compile the native kernel now (first use only) rather than inside the first sparse step."""
+    from . import cpu_kernel, ops
 
     param = next(denoiser.parameters(), None)
     if param is None:
+        return
+    if param.device.type == "cpu" and config.backend in ("auto", "cpu"):
+        cpu_kernel.build_error()
+    if config.backend == "auto":
         return
     probe = torch.empty(1, 1, 1, 64, dtype=param.dtype if param.dtype.is_floating_point else torch.float32, device=param.device)
     reasons = ops.sparse_backend_reasons(probe, need_lse=True, block_size=config.block_size)[config.backend]

@@ -56,11 +56,21 @@ def _print_paired(report: dict, out: Path) -> None:
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
+def _prepare_cpu_kernel() -> None:
+    from . import cpu_kernel
+
+    print("preparing the native CPU kernel (compiled on first use, about 30 s; cached afterwards)", flush=True)
+    error = cpu_kernel.build_error()
+    if error:
+        print(f"note: {error}; the gather backend serves instead", flush=True)
+
+
 def cmd_demo(args) -> int:
     from .pipelines.tiny import build_tiny_wan_pipeline
     from .runs import call_kwargs, paired_run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _prepare_cpu_kernel()
     pipe = build_tiny_wan_pipeline(num_heads=4, seed=args.seed, locality=args.locality or None)
     kwargs = call_kwargs(
         pipe, prompt=args.prompt, steps=args.steps, height=args.height, width=args.width, frames=args.frames,
@@ -96,6 +106,8 @@ def cmd_generate(args) -> int:
     except (OSError, ValueError) as exc:
         raise SparseDiffusionError(f"could not load a diffusers pipeline from {args.model!r}: {exc}") from exc
     pipe.to(args.device)
+    if args.device == "cpu":
+        _prepare_cpu_kernel()
     pipe._sparse_diffusion_weights = f"loaded from {model.resolve()}"
     kwargs = call_kwargs(
         pipe, prompt=args.prompt, steps=args.steps, height=args.height, width=args.width, frames=args.frames
@@ -212,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--density", type=float, default=0.2)
     att.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     att.add_argument("--block-size", default="128", help="BLOCK or BLOCK_Q,BLOCK_K tokens (default: %(default)s)")
-    att.add_argument("--backends", default="dense,flex,gather", help="comma list of dense,flash_attn,build,triton,flex,gather,reference")
+    att.add_argument(
+        "--backends", default="dense,cpu,flex,gather",
+        help="comma list of dense,flash_attn,build,triton,cpu,flex,gather,reference",
+    )
     att.add_argument("--repeats", type=int, default=3)
     att.add_argument("--device", default="cpu")
     att.add_argument("--json", help="write {setup, results} to this JSON file")

@@ -13,7 +13,7 @@ from .errors import SparseDiffusionError
 
 
 POLICIES = ("mass", "topk")
-BACKENDS = ("auto", "triton", "flex", "gather", "reference")
+BACKENDS = ("auto", "triton", "cpu", "flex", "gather", "reference")
 
 
 @dataclass
@@ -48,8 +48,9 @@ class SparseAttentionConfig:
             Self-attention layers that always stay dense, by index in hook order (negative counts from the end) or
             by module name (e.g. `"blocks.0.attn1"`).
         backend (`str`, defaults to `"auto"`):
-            `"auto"`, `"triton"` (CUDA, or the Triton interpreter), `"flex"` (compiled flex_attention), `"gather"`
-            (gather kept K/V blocks + SDPA, any device) or `"reference"` (slow PyTorch oracle).
+            `"auto"`, `"triton"` (CUDA, or the Triton interpreter), `"cpu"` (native C++ kernel, compiled on first
+            use), `"flex"` (compiled flex_attention), `"gather"` (gather kept K/V blocks + SDPA, any device) or
+            `"reference"` (slow PyTorch oracle).
         refresh_threshold (`float`, defaults to `0.7`):
             In sparse steps the kernel's LSE against the cached dense LSE estimates the kept mass
             `exp(lse_sparse - lse_dense)` per head; when a layer's mean estimate falls below this value the layer is

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from . import backends, reference
+from . import backends, cpu_kernel, reference
 from .block_mask import BlockSparseMask, normalize_block_size, num_blocks
 from .config import BACKENDS
 from .errors import SparseDiffusionError
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # Mask density above which a backend is slower than dense SDPA (measured with `sparse-diffusion bench attention`;
 # CPU: 2 threads, N = 2k-8k, fp32; GPU: the Triton kernel's target of 85% of ideal).
-BREAK_EVEN_DENSITY = {"triton": 0.9, "flex": 0.7, "gather": 0.6, "reference": 1.0}
+BREAK_EVEN_DENSITY = {"triton": 0.9, "cpu": 0.9, "flex": 0.7, "gather": 0.6, "reference": 1.0}
 
 
 def _triton_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
@@ -102,6 +102,7 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
 
 _SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool, tuple[int, int] | None], list[str]]] = {
     "triton": _triton_reasons,
+    "cpu": lambda q, need_lse, block_size=None: cpu_kernel.not_supported_reasons(q),
     "flex": backends.flex_reasons,
     "gather": backends.gather_reasons,
     "reference": lambda q, need_lse, block_size=None: [],
@@ -118,9 +119,7 @@ def sparse_backend_reasons(
 def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
     if q.device.type == "cuda":
         return ["triton", "flex", "gather", "reference"]
-    if not need_lse and q.dtype == torch.float32:
-        return ["flex", "gather", "reference"]  # measured fastest in fp32 on CPU (README, bench attention)
-    return ["gather", "flex", "reference"]
+    return ["cpu", "gather", "flex", "reference"]  # measured on CPU (README, bench attention)
 
 
 def choose_sparse_backend(
@@ -168,7 +167,8 @@ def block_sparse_attention(
             reference).
         mask: `BlockSparseMask` with `seq_lengths == (Sq, Sk)`, batch 1 or B, H heads.
         scale: softmax scale, default `1/sqrt(D)`.
-        backend: `"auto"`, `"triton"`, `"flex"`, `"gather"` or `"reference"`.
+        backend: `"auto"`, `"triton"` (CUDA), `"cpu"` (native C++ kernel, compiled on first use), `"flex"`,
+            `"gather"` or `"reference"`.
         return_lse: also return the LSE; with `False` the LSE is `None` and backends that cannot produce it (compiled
             flex on CPU) may serve.
         validate_mask: run `mask.validate()` (index ranges, ascending order, counts; costs a device sync). Masks
@@ -203,6 +203,8 @@ def block_sparse_attention(
         from .kernels import launch
 
         out, lse = launch.block_sparse_attention(q, k, v, mask, s)
+    elif name == "cpu":
+        out, lse = cpu_kernel.block_sparse_attention(q, k, v, mask, s)
     else:
         out, lse = reference.block_sparse_attention_reference(q, k, v, mask, scale=s, compute_dtype=torch.float32)
         out = out.to(q.dtype)

@@ -52,7 +52,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("backend", ["gather", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "gather", "reference"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}d{c[4]}")
 def test_block_sparse_matches_float64_reference(case, backend, dtype):
     b, h, hk, s, d, block = case
@@ -79,7 +79,7 @@ def test_keep_all_mask_equals_dense_sdpa():
     full = BlockSparseMask.from_dense(torch.ones(1, 4, 6, 6, dtype=torch.bool), 64, (333, 333))
     dense = F.scaled_dot_product_attention(q, k, v)
     ref, ref_lse = attention_reference(q, k, v)
-    for backend in ("gather", "reference"):
+    for backend in ("cpu", "gather", "reference"):
         out, lse = ops.block_sparse_attention(q, k, v, full, backend=backend)
         assert torch.allclose(out, dense, atol=2e-6), backend
         assert torch.allclose(lse.double(), ref_lse.double(), atol=1e-5)
@@ -236,3 +236,16 @@ def test_non_finite_scale_is_rejected():
     q, k, v = _qkv(1, 1, 1, 64, 16, torch.float32)
     with pytest.raises(SparseDiffusionError, match="scale"):
         ops.dense_attention_with_stats(q, k, v, 32, scale=float("nan"))
+
+
+def test_auto_picks_the_native_cpu_kernel_and_it_handles_strided_gqa():
+    q = torch.randn(1, 300, 4, 64).transpose(1, 2)  # [B, S, H, D] viewed as [B, H, S, D]
+    k = torch.randn(1, 300, 2, 64).transpose(1, 2)
+    v = torch.randn(1, 300, 2, 64).transpose(1, 2)
+    mask = _random_mask(1, 4, 300, (64, 32))
+    assert ops.choose_sparse_backend(q) == "cpu"
+    out, lse = ops.block_sparse_attention(q, k, v, mask)
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, mask)
+    assert float((out.double() - ref).abs().max()) < 1e-5
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse)) and float((lse - ref_lse)[finite].abs().max()) < 1e-5

@@ -215,7 +215,7 @@ def test_dense_masks_above_break_even_run_dense_and_say_so(pipes):
     assert report["dense_steps"] + report["dense_fallback_steps"] == STEPS and report["planned_density"] == 1.0
     assert all(layer["planned_density"] == 1.0 for layer in report["layers"].values())
     assert {f["reason"] for f in report["fallbacks"]} == {
-        "planned density above the sparse break-even 0.50 of backend gather; ran dense"
+        "planned density above the sparse break-even 0.50 of backend cpu; ran dense"
     }
     assert float(np.abs(out - baseline).max()) < 1e-5
 
