@@ -76,6 +76,7 @@ import torch
 
 from sparse_diffusion.errors import SparseDiffusionError
 
+
 logger = logging.getLogger(__name__)
 
 _COLOURS = (
@@ -282,7 +283,10 @@ def build_tiny_cogvideox_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
     """
     _check_sizes("build_tiny_cogvideox_pipeline", num_layers, num_heads, head_dim, seed)
     from diffusers import (
-        AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel,
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
     )
 
     with torch.random.fork_rng(devices=[]):
@@ -403,7 +407,10 @@ def build_tiny_sd3_pipeline(
             f"0..{num_layers - 1}, e.g. (0,)."
         )
     from diffusers import (
-        AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline,
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
     )
 
     with torch.random.fork_rng(devices=[]):
@@ -448,7 +455,10 @@ def build_tiny_ltx_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim
     """
     _check_sizes("build_tiny_ltx_pipeline", num_layers, num_heads, head_dim, seed)
     from diffusers import (
-        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel,
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
     )
 
     with torch.random.fork_rng(devices=[]):
@@ -552,7 +562,10 @@ def build_tiny_qwenimage_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
     if head_dim < 8:
         raise SparseDiffusionError(f"build_tiny_qwenimage_pipeline: head_dim={head_dim} is below 8; use e.g. 64.")
     from diffusers import (
-        AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel,
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
     )
 
     tokenizer = _qwen_tokenizer()

@@ -17,6 +17,7 @@ import numpy as np
 
 from sparse_diffusion.errors import SparseDiffusionError
 
+
 logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")

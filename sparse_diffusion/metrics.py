@@ -23,6 +23,7 @@ import numpy as np
 
 from sparse_diffusion.errors import SparseDiffusionError
 
+
 logger = logging.getLogger(__name__)
 
 

@@ -4,6 +4,7 @@ import os
 
 import torch
 
+
 # Without a GPU the Triton kernels run in the interpreter; it must be set before any kernel module is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -8,6 +8,7 @@ import torch
 from sparse_diffusion import BlockSparseMask, SparseAttentionConfig, SparseDiffusionError
 from sparse_diffusion.planning import forced_blocks, kept_mass, plan_block_mask
 
+
 # ---- config ------------------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from sparse_diffusion.pipelines.tiny import (
 from sparse_diffusion import accelerate_pipeline
 from sparse_diffusion.errors import SparseDiffusionError
 
+
 STEPS = 3
 BLOCK = 16
 FAMILIES = ["sd3", "ltx", "qwenimage"]

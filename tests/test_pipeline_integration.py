@@ -16,6 +16,7 @@ from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accele
 from sparse_diffusion.api import count_denoising_steps
 from sparse_diffusion.hooks import ATTENTION_HOOK, DENOISER_HOOK
 
+
 STEPS = 4
 CALLS = {
     "wan": dict(prompt="a red circle moving left", height=128, width=128, num_frames=9, guidance_scale=5.0),

@@ -2,6 +2,7 @@
 
 import os
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -15,6 +16,7 @@ from sparse_diffusion.pipelines.tiny import (  # noqa: E402
 )
 
 from sparse_diffusion.errors import SparseDiffusionError  # noqa: E402
+
 
 PROMPT = "a red circle moving left on a blue background"
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sparse_diffusion import BlockSparseMask, ops
 from sparse_diffusion.reference import block_sparse_attention_reference, dense_attention_with_stats_reference
 
+
 triton = pytest.importorskip("triton")
 launch = pytest.importorskip("sparse_diffusion.kernels.launch")
 DEVICE = "cpu" if launch.interpreting() else "cuda"
