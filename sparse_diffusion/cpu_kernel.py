@@ -48,7 +48,8 @@ std::vector<torch::Tensor> block_sparse_fwd(torch::Tensor q, torch::Tensor k, to
   const int* ip = indices.data_ptr<int>();
   float* op = out.data_ptr<float>();
   float* lp = lse.data_ptr<float>();
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const float neg_inf = -std::numeric_limits<float>::infinity();  // only stored, never computed with (-ffast-math)
+  const float lowest = -1e30f;  // finite stand-in for -inf in the running max
   at::parallel_for(0, B * H * QB, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qs(BQ * D), s(BQ * BK), acc(BQ * D), mi(BQ), li(BQ);
     const int d_i = (int)D, ldk = (int)skn, ldv = (int)svn;
@@ -60,7 +61,7 @@ std::vector<torch::Tensor> block_sparse_fwd(torch::Tensor q, torch::Tensor k, to
       for (int i = 0; i < m; ++i)
         for (int64_t d = 0; d < D; ++d) qs[i * D + d] = qrow[i * sqm + d] * (float)scale;
       std::fill(acc.begin(), acc.begin() + m * D, 0.f);
-      std::fill(mi.begin(), mi.begin() + m, neg_inf);
+      std::fill(mi.begin(), mi.begin() + m, lowest);
       std::fill(li.begin(), li.begin() + m, 0.f);
       const int count = cp[r];
       const int* row = ip + r * W;
@@ -72,7 +73,7 @@ std::vector<torch::Tensor> block_sparse_fwd(torch::Tensor q, torch::Tensor k, to
         sgemm_("T", "N", &n, &m, &d_i, &one, kt, &ldk, qs.data(), &d_i, &zero, s.data(), &n);  // s = q k^T
         for (int i = 0; i < m; ++i) {
           float* si = s.data() + (int64_t)i * n;
-          float mx = neg_inf;
+          float mx = lowest;
           for (int x = 0; x < n; ++x) mx = std::max(mx, si[x]);
           const float m_new = std::max(mi[i], mx);
           const float alpha = std::exp(mi[i] - m_new);
@@ -92,8 +93,8 @@ std::vector<torch::Tensor> block_sparse_fwd(torch::Tensor q, torch::Tensor k, to
       }
       float* o = op + ((b * H + h) * Sq + qb * BQ) * D;
       float* l = lp + (b * H + h) * Sq + qb * BQ;
+      const bool has = count > 0;  // not `li > 0`: NaN inputs must give NaN (fast-math comparisons drop NaN)
       for (int i = 0; i < m; ++i) {
-        const bool has = li[i] > 0.f;
         const float inv = has ? 1.f / li[i] : 0.f;
         for (int64_t d = 0; d < D; ++d) o[i * D + d] = acc[i * D + d] * inv;
         l[i] = has ? mi[i] + std::log(li[i]) : neg_inf;

@@ -249,3 +249,13 @@ def test_auto_picks_the_native_cpu_kernel_and_it_handles_strided_gqa():
     assert float((out.double() - ref).abs().max()) < 1e-5
     finite = torch.isfinite(ref_lse)
     assert torch.equal(finite, torch.isfinite(lse)) and float((lse - ref_lse)[finite].abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gather"])
+def test_nan_inputs_give_nan_not_silent_values(backend):
+    q, k, v = _qkv(1, 2, 2, 128, 64, torch.float32)
+    q[0, 1, 5] = float("nan")
+    full = BlockSparseMask.from_dense(torch.ones(1, 2, 2, 2, dtype=torch.bool), 64, (128, 128))
+    out, lse = ops.block_sparse_attention(q, k, v, full, backend=backend)
+    assert torch.isnan(out[0, 1, 5]).all() and torch.isnan(lse[0, 1, 5])
+    assert torch.isfinite(out[0, 0]).all()
