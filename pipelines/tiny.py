@@ -588,8 +588,44 @@ def build_tiny_qwenimage_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
 
 
 #: Builder per pipeline kind, for the CLI and the tests.
+def build_tiny_wan_i2v_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
+    """Builds a random-weight ``diffusers.WanImageToVideoPipeline`` (Wan 2.1 I2V layout), offline, on CPU, fp32.
+
+    The text-to-video parts are those of ``build_tiny_wan_pipeline``; the transformer takes 36 input channels (16
+    noise + 20 image-condition latents) and an image embedding (``image_dim`` 32) from a tiny ``CLIPVisionModel``
+    (32x32 input, patch 8) that its cross-attention ``attn2`` reads through ``add_k_proj``/``add_v_proj``.
+    Self-attention ``attn1`` is as in text-to-video. The pipeline needs the ``ftfy`` package (prompt cleaning).
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_wan_i2v_pipeline", num_layers, num_heads, head_dim, seed)
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    t2v = build_tiny_wan_pipeline(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 4, lambda: WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=36,
+            out_channels=16, text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=2 * num_heads * head_dim,
+            num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+            image_dim=32,
+        ))
+        image_encoder = _seeded(seed, 5, lambda: CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            image_size=32, patch_size=8,
+        )))
+    pipe = WanImageToVideoPipeline(
+        tokenizer=t2v.tokenizer, text_encoder=t2v.text_encoder, vae=t2v.vae, scheduler=t2v.scheduler,
+        image_processor=CLIPImageProcessor(crop_size=32, size=32), image_encoder=image_encoder,
+        transformer=transformer,
+    )
+    return _mark(pipe)
+
+
 TINY_BUILDERS: dict[str, Callable] = {
     "wan": build_tiny_wan_pipeline,
+    "wan_i2v": build_tiny_wan_i2v_pipeline,
     "cogvideox": build_tiny_cogvideox_pipeline,
     "flux": build_tiny_flux_pipeline,
     "sd3": build_tiny_sd3_pipeline,

@@ -390,3 +390,27 @@ def test_context_parallel_models_are_refused(pipes):
             accelerate_pipeline(pipe)
     finally:
         pipe.transformer._parallel_config = None
+
+
+def test_wan_image_to_video():
+    from PIL import Image
+
+    from sparse_diffusion.pipelines.tiny import build_tiny_wan_i2v_pipeline
+
+    pytest.importorskip("ftfy")
+    pipe = build_tiny_wan_i2v_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    call = dict(CALLS["wan"], image=image)
+    baseline = run_pipeline(pipe, call, STEPS)
+    with accelerate_pipeline(pipe, dense_steps=STEPS, block_size=16) as handle:
+        assert np.array_equal(run_pipeline(pipe, call, STEPS), baseline)
+        assert handle.adapter.family == "wan"
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+        calls = spy_attention(handle)
+        out = run_pipeline(pipe, call, STEPS)
+        report = handle.report()
+    assert np.isfinite(out).all() and report["sparse_steps"] == STEPS - 1
+    assert {c[2] for c in calls} == {"blocks.0.attn1", "blocks.1.attn1"}, "image cross-attention attn2 stays dense"
+    assert report["fallbacks"] == [] and report["passthrough"] == []
+    assert np.array_equal(run_pipeline(pipe, call, STEPS), baseline)
