@@ -394,7 +394,6 @@ def test_context_parallel_models_are_refused(pipes):
 
 def test_wan_image_to_video():
     from PIL import Image
-
     from sparse_diffusion.pipelines.tiny import build_tiny_wan_i2v_pipeline
 
     pytest.importorskip("ftfy")
