@@ -36,6 +36,12 @@ std::vector<torch::Tensor> block_sparse_fwd(torch::Tensor q, torch::Tensor k, to
                                             torch::Tensor indices, int64_t BQ, int64_t BK, double scale) {
   const int64_t B = q.size(0), H = q.size(1), Sq = q.size(2), D = q.size(3), HK = k.size(1), Sk = k.size(2);
   const int64_t G = H / HK, QB = (Sq + BQ - 1) / BQ, W = indices.size(3);
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "float32 q/k/v expected");
+  TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "head dim must have stride 1");
+  TORCH_CHECK(k.stride(2) >= D && v.stride(2) >= D, "K/V sequence stride must be >= D (BLAS leading dimension)");
+  TORCH_CHECK(counts.is_contiguous() && indices.is_contiguous() && counts.numel() == B * H * QB,
+              "counts [B, H, QB] and indices [B, H, QB, W] must be contiguous int32");
   auto out = torch::empty({B, H, Sq, D}, q.options());
   auto lse = torch::empty({B, H, Sq}, q.options());
   const int64_t sqb = q.stride(0), sqh = q.stride(1), sqm = q.stride(2);
@@ -147,6 +153,9 @@ def block_sparse_attention(q, k, v, mask, scale: float) -> tuple[torch.Tensor, t
     """Launch the kernel (inputs validated by `ops`; head dims with unit stride). Returns (out in q's dtype, LSE)."""
     b, h, qb = q.shape[0], q.shape[1], mask.num_q_blocks
     qf, kf, vf = (t if t.dtype == torch.float32 else t.float() for t in (q, k, v))
+    # K/V rows feed BLAS as matrices with leading dimension stride(2), which must be >= D (not expanded, not Sk=1 views)
+    # (clone, not contiguous(): a size-1 dim with stride 1 already counts as contiguous)
+    kf, vf = (t if t.stride(2) >= t.shape[3] else t.clone(memory_format=torch.contiguous_format) for t in (kf, vf))
     counts = mask.kv_num_blocks.expand(b, h, qb).to(torch.int32).contiguous()
     indices = mask.kv_indices.expand(b, h, qb, mask.kv_indices.shape[-1]).to(torch.int32).contiguous()
     out, lse = _module().block_sparse_fwd(qf, kf, vf, counts, indices, mask.block_size[0], mask.block_size[1], scale)

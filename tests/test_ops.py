@@ -259,3 +259,21 @@ def test_nan_inputs_give_nan_not_silent_values(backend):
     out, lse = ops.block_sparse_attention(q, k, v, full, backend=backend)
     assert torch.isnan(out[0, 1, 5]).all() and torch.isnan(lse[0, 1, 5])
     assert torch.isfinite(out[0, 0]).all()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gather"])
+def test_expanded_and_degenerate_kv_strides(backend):
+    """K/V whose sequence stride is below D (expanded views, Sk=1 transposes) must still be exact."""
+    q = torch.randn(1, 4, 200, 64)
+    v = torch.randn(1, 4, 200, 64)
+    k = torch.randn(1, 4, 1, 64).expand(1, 4, 200, 64)  # stride(2) == 0
+    full = BlockSparseMask.from_dense(torch.ones(1, 4, 4, 4, dtype=torch.bool), 64, (200, 200))
+    for kk, vv in ((k, v), (v, k)):
+        out, lse = ops.block_sparse_attention(q, kk, vv, full, backend=backend)
+        ref, ref_lse = block_sparse_attention_reference(q, kk, vv, full)
+        assert float((out.double() - ref).abs().max()) < 1e-5 and float((lse - ref_lse).abs().max()) < 1e-4
+    k1 = torch.randn(1, 4, 64, 1).transpose(-1, -2)  # Sk = 1 with strides (256, 64, 1, 1)
+    one = BlockSparseMask.from_dense(torch.ones(1, 4, 4, 1, dtype=torch.bool), 64, (200, 1))
+    out, _ = ops.block_sparse_attention(q, k1, k1, one, backend=backend)
+    ref, _ = block_sparse_attention_reference(q, k1, k1, one)
+    assert float((out.double() - ref).abs().max()) < 1e-5
