@@ -114,6 +114,11 @@ def format_report(report: dict) -> str:
     def fmt(x, spec=".3f"):
         return "n/a" if x is None else format(x, spec)
 
+    if not report["runs"]:
+        return (
+            f"sparse-diffusion: {report['model']} ({report['adapter']} adapter): no denoising call yet; "
+            f"{len(report['layers'])} self-attention layers hooked"
+        )
     lines = [
         f"sparse-diffusion: {report['model']} ({report['adapter']} adapter, weights: {report['weights'] or 'user'})",
         f"  steps (last call): total {report['total_steps']}, dense warm-up {report['dense_steps']}, "
