@@ -28,6 +28,8 @@ class Adapter:
         token_layout: one line for the README / report on what is accelerated and what stays dense.
         match_attention_classes: select modules by diffusers attention class instead of `self_attention`
             (outermost attention modules only).
+        video_grid: the self-attention sequence is exactly the video tokens in raster order (frame, row, column),
+            read from `hidden_states` [B, C, F, H, W] and the denoiser's `patch_size`; enables token tiling.
     """
 
     family: str
@@ -39,6 +41,7 @@ class Adapter:
     denoiser_components: tuple[str, ...] = ("transformer",)
     token_layout: str = ""
     match_attention_classes: bool = False
+    video_grid: bool = False
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """`(name, module)` of every accelerated self-attention module, in module order.
@@ -94,3 +97,14 @@ class Adapter:
             return 0
         text = self._argument(module, self.text_kwarg, args, kwargs)
         return int(text.shape[1]) if isinstance(text, torch.Tensor) and text.dim() >= 2 else 0
+
+    def token_grid(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
+        """Latent token grid (F', H', W') of this forward's self-attention sequence, or None if unknown."""
+        if not self.video_grid:
+            return None
+        hidden = self._argument(module, "hidden_states", args, kwargs)
+        patch = getattr(getattr(module, "config", None), "patch_size", None)
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 5 or patch is None:
+            return None
+        pt, ph, pw = (patch, patch, patch) if isinstance(patch, int) else tuple(patch)
+        return hidden.shape[2] // pt, hidden.shape[3] // ph, hidden.shape[4] // pw

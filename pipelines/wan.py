@@ -10,5 +10,6 @@ WAN = Adapter(
     self_attention=r"blocks\.\d+\.attn1",
     text_position=None,
     denoiser_components=("transformer", "transformer_2"),
+    video_grid=True,
     token_layout="video tokens F x H x W (patch 1x2x2) in attn1; cross-attention attn2 to text stays dense",
 )

@@ -59,6 +59,10 @@ class SparseAttentionConfig:
             A layer whose planned mask keeps more than this share of key blocks runs dense attention in sparse steps
             instead (sparse kernels lose to dense SDPA above their break-even density). `None` uses the chosen
             backend's measured break-even (`ops.BREAK_EVEN_DENSITY`); `1.0` always runs sparse.
+        token_tile (`tuple[int, int, int]` or `None`, defaults to `None`):
+            Reorder video tokens into space-time tiles of (frames, rows, columns) latent tokens before the build and
+            sparse steps, so a mask block is a compact 3-D neighbourhood (adapters with a video grid: Wan). Choose a
+            tile volume equal to `BLOCK_Q`, e.g. `(2, 8, 8)` for 128. `None` keeps raster order.
         keep_text_tokens (`bool`, defaults to `True`):
             Keep joint-attention text tokens (CogVideoX, Flux put them first) as dense rows and columns.
         collect_timings (`bool`, defaults to `True`):
@@ -76,6 +80,7 @@ class SparseAttentionConfig:
     backend: str = "auto"
     refresh_threshold: float = 0.7
     sparse_density_limit: float | None = None
+    token_tile: tuple[int, int, int] | None = None
     keep_text_tokens: bool = True
     collect_timings: bool = True
 
@@ -125,6 +130,16 @@ class SparseAttentionConfig:
             self.sparse_density_limit = float(limit)
         if self.backend not in BACKENDS:
             raise SparseDiffusionError(f"backend={self.backend!r} is not known; choose one of {BACKENDS}.")
+        if self.token_tile is not None:
+            tile = self.token_tile
+            if (
+                not isinstance(tile, (tuple, list)) or len(tile) != 3
+                or not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 1 for t in tile)
+            ):
+                raise SparseDiffusionError(
+                    f"token_tile={tile!r} must be three positive ints (frames, rows, columns), e.g. (2, 8, 8), or None."
+                )
+            self.token_tile = tuple(int(t) for t in tile)
         for name in ("keep_text_tokens", "collect_timings"):
             if not isinstance(getattr(self, name), bool):
                 raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
@@ -163,6 +178,7 @@ class SparseAttentionConfig:
         out = dataclasses.asdict(self)
         out["block_size"] = list(self.block_size)
         out["dense_layers"] = list(self.dense_layers)
+        out["token_tile"] = None if self.token_tile is None else list(self.token_tile)
         return out
 
     @classmethod
@@ -177,8 +193,9 @@ class SparseAttentionConfig:
         data = dict(data)
         if isinstance(data.get("block_size"), list):
             data["block_size"] = tuple(data["block_size"])
-        if isinstance(data.get("dense_layers"), list):
-            data["dense_layers"] = tuple(data["dense_layers"])
+        for name in ("dense_layers", "token_tile"):
+            if isinstance(data.get(name), list):
+                data[name] = tuple(data[name])
         return cls(**data)
 
     def replace(self, **overrides: Any) -> "SparseAttentionConfig":

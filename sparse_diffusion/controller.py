@@ -20,6 +20,7 @@ from .block_mask import BlockSparseMask
 from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
 from .planning import kept_mass, plan_block_mask
+from .reorder import tile_permutation
 
 
 logger = logging.getLogger(__name__)
@@ -139,11 +140,15 @@ class SparseController:
         self.num_dense_steps = 0
         self.context: tuple | None = None
         self.text_len = 0
+        self.grid: tuple[int, int, int] | None = None
         self._forwards_this_step: Counter = Counter()
         self.plans.clear()
 
-    def begin_forward(self, timestep: float, context_name: str | None, text_len: int = 0) -> None:
-        """Called before every denoiser forward with the (max) timestep value of that forward."""
+    def begin_forward(
+        self, timestep: float, context_name: str | None, text_len: int = 0, grid: tuple[int, int, int] | None = None
+    ) -> None:
+        """Called before every denoiser forward with the (max) timestep value of that forward, the joint text length
+        and the latent token grid (F', H', W') when the adapter knows it."""
         new_call = (
             self.last_t is None
             or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
@@ -166,6 +171,7 @@ class SparseController:
         self.context = (name, self._forwards_this_step[name])
         self._forwards_this_step[name] += 1
         self.text_len = int(text_len)
+        self.grid = grid
 
     def end_forward(self) -> None:
         self.context = None
@@ -195,6 +201,15 @@ class SparseController:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
         return Phase.SPARSE, None
 
+    def _tile_permutation(self, q: torch.Tensor, k: torch.Tensor):
+        """(order, inverse) token permutation into space-time tiles, when configured and the layout is known."""
+        tile, grid = self.config.token_tile, self.grid
+        if tile is None or grid is None or self.text_len:
+            return None
+        if not (q.shape[2] == k.shape[2] == grid[0] * grid[1] * grid[2]):
+            return None
+        return tile_permutation(tuple(grid), tile, str(q.device))
+
     def _text_ranges(self, seq_len: int) -> list[tuple[int, int]]:
         if not self.config.keep_text_tokens or self.text_len <= 0 or self.text_len >= seq_len:
             return []
@@ -206,9 +221,13 @@ class SparseController:
         self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable
     ) -> torch.Tensor:
         """Serve one eligible self-attention call (q [B, H, S, D], k/v [B, HK, S, D]); `dense_fn()` runs the original."""
-        geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, self.text_len)
+        perm = self._tile_permutation(q, k)
+        geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, self.text_len, self.grid if perm else None)
         key = (self.context, layer)
         phase, replan_reason = self._phase(layer, key, geometry)
+        if perm is not None and phase in (Phase.BUILD, Phase.SPARSE):
+            order, inverse = perm
+            q, k, v = (t.index_select(2, order) for t in (q, k, v))
         stats = self.stats[layer]
         timer = _Timer(self.config.collect_timings, q.device)
         if phase is Phase.DENSE:
@@ -220,6 +239,8 @@ class SparseController:
             with timer:
                 try:
                     out = self._build(layer, key, geometry, q, k, v, scale, stats)
+                    if perm is not None:
+                        out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
                     stats.fallbacks[f"build failed, ran dense: {exc}"] += 1
                     phase, out = Phase.FALLBACK, dense_fn()
@@ -227,6 +248,8 @@ class SparseController:
             with timer:
                 try:
                     out, served = self._sparse(key, q, k, v, scale, dense_fn, stats)
+                    if served and perm is not None:
+                        out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:
                     stats.fallbacks[f"sparse call failed, ran dense: {exc}"] += 1
                     out, served = dense_fn(), False

@@ -51,6 +51,7 @@ class DenoiserStepHook(ModelHook):
             self.adapter.read_timestep(module, args, kwargs),
             self.context_name(),
             self.adapter.text_length(module, args, kwargs),
+            self.adapter.token_grid(module, args, kwargs),
         )
 
     @torch.compiler.disable

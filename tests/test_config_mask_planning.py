@@ -131,3 +131,19 @@ def test_forced_blocks_rectangular_tiles_and_tails():
     # query block 0 covers tokens 0..31 -> key blocks 0, 1; the tail query block (64..69) -> key block 4
     assert forced[0].tolist() == [True, True, False, False, False]
     assert forced[2].tolist() == [False, False, False, False, True]
+
+
+def test_tile_permutation_is_tile_major_and_invertible():
+    from sparse_diffusion.reorder import tile_permutation
+
+    grid, tile = (3, 5, 6), (2, 4, 4)
+    perm, inverse = tile_permutation(grid, tile)
+    assert sorted(perm.tolist()) == list(range(90)) and torch.equal(perm[inverse], torch.arange(90))
+    f, h, w = (perm // 30), (perm // 6) % 5, perm % 6
+    first = 2 * 4 * 4  # the first tile holds f < 2, h < 4, w < 4 in raster order
+    assert (f[:first] < 2).all() and (h[:first] < 4).all() and (w[:first] < 4).all()
+    assert perm[:3].tolist() == [0, 1, 2] and perm[4].item() == 6  # row 0 of the tile, then row 1
+    with pytest.raises(SparseDiffusionError, match="token_tile"):
+        SparseAttentionConfig(token_tile=(2, 8))
+    cfg = SparseAttentionConfig(token_tile=(2, 8, 8))
+    assert SparseAttentionConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -413,3 +413,20 @@ def test_wan_image_to_video():
     assert {c[2] for c in calls} == {"blocks.0.attn1", "blocks.1.attn1"}, "image cross-attention attn2 stays dense"
     assert report["fallbacks"] == [] and report["passthrough"] == []
     assert np.array_equal(run_pipeline(pipe, call, STEPS), baseline)
+
+
+def test_token_tiles_keep_exact_attention_and_change_the_mask_layout(pipes):
+    pipe, baseline = pipes["wan"]
+    with accelerate_pipeline(
+        pipe, dense_steps=1, block_size=16, mass_threshold=1.0, sparse_density_limit=1.0, token_tile=(1, 4, 4)
+    ) as handle:
+        out = _run(pipe, "wan")
+        report = handle.report()
+    assert report["calls"]["sparse"] > 0 and float(np.abs(out - baseline).max()) < 1e-5
+    tables = {}
+    for tile in (None, (1, 4, 4)):
+        with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, token_tile=tile) as h:
+            tiled = _run(pipe, "wan")
+            tables[tile] = h.masks()["blocks.0.attn1"].to_dense()
+        assert np.isfinite(tiled).all()
+    assert not torch.equal(tables[None], tables[(1, 4, 4)]), "blocks are tiles, not raster slices"
