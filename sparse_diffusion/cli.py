@@ -48,9 +48,10 @@ def _print_paired(report: dict, out: Path) -> None:
     else:
         reasons = sorted({f["reason"] for f in sparse["fallbacks"]})
         print(f"attention density n/a: no sparse call (planned density {planned}; {'; '.join(reasons) or 'no plan'})")
+    ratio = f"{report['end_to_end_speedup']:.2f}x" if report["sparse_steps"] else "no step ran sparse"
     print(
         f"wall time: dense {report['wall_time_s']['dense']:.2f} s, sparse {report['wall_time_s']['sparse']:.2f} s "
-        f"({report['end_to_end_speedup']:.2f}x); attention alone: dense {report['attention_time_s']['dense']:.2f} s, "
+        f"({ratio}); attention alone: dense {report['attention_time_s']['dense']:.2f} s, "
         f"sparse {report['attention_time_s']['sparse']:.2f} s ({report['timing_note']})"
     )
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))

@@ -315,6 +315,7 @@ class SparseController:
         for run in self.runs:
             run = dict(run)
             sparse, seen = run.pop("_sparse"), run.pop("_seen")
+            run["steps_run"] = len(seen)  # below total_steps when the call was interrupted
             run["sparse_steps"] = len(sparse)
             # steps after the warm-up in which no layer ran sparse (re-plans, break-even fallbacks, errors)
             run["dense_fallback_steps"] = len({s for s in seen if s >= run["dense_steps"]} - sparse)

@@ -25,8 +25,8 @@ def _avg(values: list[float] | None) -> float | None:
 def build_report(controller: SparseController, adapter, *, model_class: str, weights: str | None = None) -> dict:
     """Report dict (JSON-serialisable).
 
-    Keys: `model`, `adapter`, `token_layout`, `weights`, `config`, `runs` (per pipeline call: total steps, dense
-    warm-up steps, sparse steps, and `dense_fallback_steps`: later steps in which no layer ran sparse, i.e.
+    Keys: `model`, `adapter`, `token_layout`, `weights`, `config`, `runs` (per pipeline call: total steps, steps
+    that ran (fewer when the call was interrupted), dense warm-up steps, sparse steps, and `dense_fallback_steps`: later steps in which no layer ran sparse, i.e.
     re-plans, break-even fallbacks, errors),
     `dense_steps`/`sparse_steps`/`dense_fallback_steps`/`total_steps` (last call), `density` (kept key blocks / all
     key blocks over sparse calls, mean over layers and heads), `planned_density` (mean density of the built masks,

@@ -252,6 +252,7 @@ def test_interrupted_call_or_direct_forward_does_not_leak_into_the_next_call(pip
         assert np.array_equal(_run(pipe, "wan"), expected)
         runs = handle.report()["runs"]
     assert [r["sparse_steps"] for r in runs][-1] == STEPS - 2 and runs[-1]["dense_steps"] == 2
+    assert [r["steps_run"] for r in runs][:2] == [STEPS, 2], "the interrupted call shows the steps it ran"
 
 
 def test_model_cpu_offload_keeps_the_sparse_path(pipes):
