@@ -2,8 +2,9 @@
 
 Every diffusers processor ends in SDPA, directly (CogVideoX, SD3, Mochi) or through `dispatch_attention_fn` with the
 `native` backend (Wan, Flux, HunyuanVideo, LTX), so catching the call sees q/k/v after projections, norms and RoPE
-with no copied processor. Calls the sparse path cannot honour (attention mask, causal, dropout, Sq != Sk, autograd)
-pass through unchanged and are counted in the report.
+with no copied processor. A mask that only pads keys at the end, with one length for the batch, is honoured by
+cutting the keys to that length. Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk,
+autograd) pass through unchanged and are counted in the report.
 """
 
 from __future__ import annotations
@@ -25,8 +26,30 @@ def bind_sdpa_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-def ineligible_reason(call: dict, block_k: int) -> str | None:
-    """Why a bound SDPA call cannot take the sparse path, or `None` when it can."""
+def trailing_key_padding(mask: torch.Tensor, k: torch.Tensor) -> int | None:
+    """Valid key count when `mask` ([B or 1, 1, 1, Sk], bool or additive 0/-inf) masks only a run of keys at the
+    end, with one length for the whole batch (e.g. HunyuanVideo's text padding); otherwise None."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1):
+        return None
+    if mask.shape[-1] != k.shape[2]:
+        return None
+    row = mask[:, 0, 0]
+    if row.dtype == torch.bool:
+        valid = row
+    elif row.is_floating_point() and bool(((row == 0) | torch.isneginf(row)).all()):
+        valid = row == 0
+    else:
+        return None
+    lengths = valid.sum(-1)
+    length = int(lengths[0])
+    if length == 0 or not bool((lengths == length).all()) or not bool(valid[:, :length].all()):
+        return None
+    return length
+
+
+def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | None:
+    """Why a bound SDPA call cannot take the sparse path, or `None` when it can. `trimmed`: the keys were cut to the
+    valid length of a trailing key-padding mask, so Sq != Sk is expected."""
     q, k, v = call["query"], call["key"], call["value"]
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return "q/k/v are not 4-D [B, H, S, D] tensors"
@@ -36,7 +59,7 @@ def ineligible_reason(call: dict, block_k: int) -> str | None:
         return "is_causal=True"
     if call["dropout_p"]:
         return "dropout_p > 0"
-    if q.shape[2] != k.shape[2]:
+    if q.shape[2] != k.shape[2] and not trimmed:
         return "cross-attention (Sq != Sk)"
     if k.shape[1] != q.shape[1] and not (call["enable_gqa"] and q.shape[1] % k.shape[1] == 0):
         return "heads of q and k/v differ without enable_gqa"
@@ -66,7 +89,12 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.seen += 1
         call = bind_sdpa_args(args, kwargs)
-        reason = ineligible_reason(call, self.controller.config.block_size[1])
+        length = None
+        if call["attn_mask"] is not None and isinstance(call["key"], torch.Tensor) and call["key"].dim() == 4:
+            length = trailing_key_padding(call["attn_mask"], call["key"])
+            if length is not None:  # masked trailing keys contribute nothing: drop them and the mask
+                call = dict(call, attn_mask=None, key=call["key"][:, :, :length], value=call["value"][:, :, :length])
+        reason = ineligible_reason(call, self.controller.config.block_size[1], trimmed=length is not None)
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)

@@ -30,15 +30,15 @@ def forced_blocks(
     keep_diagonal: bool = True,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Tiles every mask keeps, bool [QB, KB]: the diagonal (tiles holding any query position's own key position,
-    for self-attention with Sq == Sk) and whole rows and columns of blocks touching `dense_token_ranges` (joint
-    text tokens)."""
+    """Tiles every mask keeps, bool [QB, KB]: the diagonal (tiles holding a query position's own key position, for
+    positions below min(Sq, Sk): self-attention, also with trailing padded keys cut off) and whole rows and columns of
+    blocks touching `dense_token_ranges` (joint text tokens)."""
     bq, bk = block_size
     sq, sk = seq_lengths
     qb, kb = num_blocks(sq, bq), num_blocks(sk, bk)
     forced = torch.zeros(qb, kb, dtype=torch.bool, device=device)
-    if keep_diagonal and sq == sk:
-        pos = torch.arange(sq, device=device)
+    if keep_diagonal:
+        pos = torch.arange(min(sq, sk), device=device)
         forced[pos // bq, pos // bk] = True
     ranges = list(dense_token_ranges)
     if ranges:

@@ -431,3 +431,53 @@ def test_token_tiles_keep_exact_attention_and_change_the_mask_layout(pipes):
             tables[tile] = h.masks()["blocks.0.attn1"].to_dense()
         assert np.isfinite(tiled).all()
     assert not torch.equal(tables[None], tables[(1, 4, 4)]), "blocks are tiles, not raster slices"
+
+
+class _ToyAttention(torch.nn.Module):
+    """Self-attention over [video | text] whose text padding is masked at the end, as HunyuanVideo does."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 16)).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+
+
+class _ToyDenoiser(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = _ToyAttention()
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, valid):
+        x = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        mask = (torch.arange(x.shape[1]) < valid[:, None])[:, None, None, :]
+        return self.attn(x, mask) * (timestep / 1000)
+
+
+def test_trailing_key_padding_masks_are_honoured_by_cutting_the_keys():
+    from sparse_diffusion.pipelines import Adapter
+
+    toy = _ToyDenoiser().eval()
+    adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position="last")
+    video, text = torch.randn(2, 90, 32), torch.randn(2, 20, 32)
+
+    def run(valid):
+        with torch.no_grad():
+            return [toy(video, torch.tensor(float(t)), text, valid) for t in (900, 600, 300, 100)]
+
+    same = torch.tensor([100, 100])  # 10 padded text tokens at the end, one length for the batch
+    baseline = run(same)
+    with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
+                          mass_threshold=1.0, sparse_density_limit=1.0) as handle:
+        outs = run(same)
+        report = handle.report()
+        mask = handle.masks()["attn"]
+    assert report["passthrough"] == [] and report["calls"]["sparse"] == 3
+    assert mask.seq_lengths == (110, 100)
+    for a, b in zip(outs, baseline):
+        assert float((a - b).abs().max()) < 1e-5
+    with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16) as handle:
+        run(torch.tensor([100, 95]))  # lengths differ across the batch: the masked call passes through
+        assert {p["reason"] for p in handle.report()["passthrough"]} == {"explicit attn_mask"}
