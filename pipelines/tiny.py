@@ -587,6 +587,107 @@ def build_tiny_qwenimage_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
     return _mark(pipe)
 
 
+# Words of HunyuanVideoPipeline's default prompt template. Its prefix (system prompt and user header) must tokenize
+# to the pipeline's fixed ``crop_start`` of 95 tokens, which the pipeline drops.
+_HUNYUAN_TEMPLATE_WORDS = (
+    "system user describe detailing following aspects main content theme color shape size texture quantity text "
+    "spatial relationships objects actions events behaviors temporal physical movement changes environment "
+    "atmosphere angles movements transitions used"
+)
+_LLAMA_SPECIALS = [
+    "<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<unk>"
+]
+
+
+def _llama_tokenizer():
+    """Word-level stand-in for the Llama 3 tokenizer: header and end-of-turn markers are special tokens, newlines
+    and punctuation runs are tokens, so HunyuanVideoPipeline's template prefix is its ``crop_start`` (95) tokens."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = _LLAMA_SPECIALS + ["\n"] + list(VOCABULARY) + _HUNYUAN_TEMPLATE_WORDS.split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
+    tok.add_special_tokens(_LLAMA_SPECIALS[:5])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=4096, pad_token="<|end_of_text|>", bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>", unk_token="<unk>",
+    )
+
+
+def build_tiny_hunyuan_video_pipeline(
+    *, num_layers: int = 1, num_single_layers: int = 1, num_heads: int = 2, head_dim: int = 64, seed: int = 0
+):
+    """Builds a random-weight ``diffusers.HunyuanVideoPipeline`` (HunyuanVideo text-to-video layout), offline, on CPU,
+    fp32.
+
+    Transformer: ``HunyuanVideoTransformer3DModel`` with 1x1x1 patches (the released model patchifies 1x2x2),
+    ``num_heads`` x ``head_dim``, ``num_layers`` double-stream and ``num_single_layers`` single-stream blocks, one
+    token-refiner layer, RMS q/k norm, 3-D RoPE axes that sum to ``head_dim`` (64 -> (16, 24, 24)), 4 latent
+    channels, text dim 32, pooled dim 32, guidance embedding (as the released model). VAE: tiny
+    ``AutoencoderKLHunyuanVideo`` (4x temporal, 8x spatial, as the released one). Text encoders: a tiny
+    ``LlamaModel`` (2 layers, hidden 32; the pipeline reads the third-last hidden state) with a word-level tokenizer
+    whose template prefix is the 95 tokens the pipeline crops, and a tiny ``CLIPTextModel`` (pooled output only).
+    Scheduler: ``FlowMatchEulerDiscreteScheduler``. Guidance is embedded (no CFG pass), so each step is one B = 1
+    forward per prompt.
+
+    Joint attention (double- and single-stream blocks alike) runs over
+    ``((F - 1) // 4 + 1) * (H // 8) * (W // 8)`` video tokens followed by ``max_sequence_length`` text tokens (256
+    by default): the prompt's words, ``<|eot_id|>``, then padding that the transformer masks out (an attention mask
+    ``[B, 1, 1, N]`` on every joint call). H and W must be multiples of 16. Example: 32x32, 9 frames,
+    ``max_sequence_length=16`` -> 3*4*4 = 48 video + 16 text = 64 tokens.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd or below 8, or ``seed`` is not an
+            int.
+    """
+    _check_sizes("build_tiny_hunyuan_video_pipeline", num_layers, num_heads, head_dim, seed)
+    if not isinstance(num_single_layers, int) or isinstance(num_single_layers, bool) or num_single_layers < 1:
+        raise SparseDiffusionError(
+            f"build_tiny_hunyuan_video_pipeline: num_single_layers={num_single_layers!r} must be a positive int, "
+            "e.g. num_single_layers=1."
+        )
+    if head_dim < 8:
+        raise SparseDiffusionError(f"build_tiny_hunyuan_video_pipeline: head_dim={head_dim} is below 8; use e.g. 64.")
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    tokenizer = _llama_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: HunyuanVideoTransformer3DModel(
+            in_channels=4, out_channels=4, num_attention_heads=num_heads, attention_head_dim=head_dim,
+            num_layers=num_layers, num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=1,
+            patch_size_t=1, text_embed_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM,
+            rope_axes_dim=_flux_rope_axes(head_dim), guidance_embeds=True,
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKLHunyuanVideo(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+            norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4,
+        ))
+        llama = _seeded(seed, 3, lambda: LlamaModel(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=_TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, pad_token_id=0,
+            bos_token_id=1, eos_token_id=4,
+        )))
+        clip = _seeded(seed, 4, lambda: CLIPTextModel(CLIPTextConfig(
+            hidden_size=_TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            vocab_size=_vocab_size(), projection_dim=_TEXT_DIM, max_position_embeddings=77,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )))
+    pipe = HunyuanVideoPipeline(
+        text_encoder=llama, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder_2=clip, tokenizer_2=_clip_tokenizer(),
+    )
+    return _mark(pipe)
+
+
 #: Builder per pipeline kind, for the CLI and the tests.
 def build_tiny_wan_i2v_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
     """Builds a random-weight ``diffusers.WanImageToVideoPipeline`` (Wan 2.1 I2V layout), offline, on CPU, fp32.
@@ -631,4 +732,5 @@ TINY_BUILDERS: dict[str, Callable] = {
     "sd3": build_tiny_sd3_pipeline,
     "ltx": build_tiny_ltx_pipeline,
     "qwenimage": build_tiny_qwenimage_pipeline,
+    "hunyuan_video": build_tiny_hunyuan_video_pipeline,
 }
