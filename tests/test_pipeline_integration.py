@@ -481,3 +481,21 @@ def test_trailing_key_padding_masks_are_honoured_by_cutting_the_keys():
     with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16) as handle:
         run(torch.tensor([100, 95]))  # lengths differ across the batch: the masked call passes through
         assert {p["reason"] for p in handle.report()["passthrough"]} == {"explicit attn_mask"}
+
+
+@pytest.mark.parametrize("steps, dense_steps, expected_dense", [(2, 0.25, 1), (3, 0.5, 2), (1, 0.5, 1)])
+def test_few_step_schedules_count_dense_steps_in_steps(pipes, steps, dense_steps, expected_dense):
+    from diffusers import UniPCMultistepScheduler
+
+    pipe, _ = pipes["wan"]
+    original = pipe.scheduler
+    pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    try:
+        with accelerate_pipeline(pipe, dense_steps=dense_steps, block_size=16, sparse_density_limit=1.0) as handle:
+            out = _run(pipe, "wan", steps=steps)
+            report = handle.report()
+    finally:
+        pipe.scheduler = original
+    assert np.isfinite(out).all()
+    assert report["total_steps"] == steps and report["dense_steps"] == expected_dense
+    assert report["sparse_steps"] == steps - expected_dense
