@@ -90,8 +90,10 @@ class SDPAInterceptor(TorchFunctionMode):
         self.seen += 1
         call = bind_sdpa_args(args, kwargs)
         length = None
-        if call["attn_mask"] is not None and isinstance(call["key"], torch.Tensor) and call["key"].dim() == 4:
-            length = trailing_key_padding(call["attn_mask"], call["key"])
+        q, k = call["query"], call["key"]
+        self_attention = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == k.dim() == 4
+        if call["attn_mask"] is not None and self_attention and q.shape[2] == k.shape[2]:  # never cross-attention
+            length = trailing_key_padding(call["attn_mask"], k)
             if length is not None:  # masked trailing keys contribute nothing: drop them and the mask
                 call = dict(call, attn_mask=None, key=call["key"][:, :, :length], value=call["value"][:, :, :length])
         reason = ineligible_reason(call, self.controller.config.block_size[1], trimmed=length is not None)
