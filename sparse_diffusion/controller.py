@@ -40,8 +40,7 @@ class LayerPlan:
     mask: BlockSparseMask
     lse: torch.Tensor
     geometry: tuple
-    built_step: int
-    build_kept_mass: torch.Tensor  # [B, H]
+    head_density: torch.Tensor  # [H], mean over the batch; fixed for the plan's life
     backend: str
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
@@ -270,11 +269,12 @@ class SparseController:
         build_kept = kept_mass(mass, mask)
         backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
-        density = float(mask.density().mean())
+        head_density = mask.density().mean(0)
+        density = float(head_density.mean())
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        self.plans[key] = LayerPlan(mask, lse, geometry, self.step, build_kept, backend, dense_reason)
+        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason)
         stats.planned_density.append(density)
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
@@ -292,7 +292,7 @@ class SparseController:
         if not torch.isfinite(out).all():
             stats.fallbacks["non-finite sparse output; recomputed dense"] += 1
             return dense_fn(), False
-        stats.head_density_sum = _add(stats.head_density_sum, plan.mask.density().mean(0))
+        stats.head_density_sum = _add(stats.head_density_sum, plan.head_density)
         if lse is not None:
             estimate = torch.exp(lse - plan.lse).mean(-1)  # [B, H]
             stats.head_kept_mass_sum = _add(stats.head_kept_mass_sum, estimate.mean(0))
