@@ -11,7 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .block_mask import BlockSparseMask, num_blocks
+from .block_mask import BlockSparseMask, block_lengths, num_blocks
 
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,6 @@ def chunked_dense_with_stats(
             row_mass = torch.cat([row_mass, probs[..., full * bk :].sum(-1, keepdim=True)], dim=-1)
         nq = num_blocks(r, bq)
         row_mass = F.pad(row_mass, (0, 0, 0, nq * bq - r)).reshape(b, h, nq, bq, kb).sum(3)
-        rows = torch.full((nq,), float(bq), dtype=row_mass.dtype, device=q.device)
-        rows[-1] = r - (nq - 1) * bq
+        rows = block_lengths(r, bq, dtype=row_mass.dtype, device=q.device)
         mass[:, :, s // bq : s // bq + nq] = (row_mass / rows[:, None]).float()
     return out, lse, mass

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .block_mask import BlockSparseMask, num_blocks
+from .block_mask import BlockSparseMask, block_lengths, num_blocks
 from .errors import SparseDiffusionError
 from .reference import attention_reference
 
@@ -183,10 +183,8 @@ def _kept_pairs(mask: BlockSparseMask) -> float:
     """Number of kept (query, key) token pairs, counting partial tail blocks exactly."""
     bq, bk = mask.block_size
     sq, sk = mask.seq_lengths
-    q_rows = torch.full((mask.num_q_blocks,), bq, dtype=torch.float64)
-    q_rows[-1] = sq - (mask.num_q_blocks - 1) * bq
-    k_cols = torch.full((mask.num_kv_blocks,), bk, dtype=torch.float64)
-    k_cols[-1] = sk - (mask.num_kv_blocks - 1) * bk
+    q_rows = block_lengths(sq, bq, dtype=torch.float64)
+    k_cols = block_lengths(sk, bk, dtype=torch.float64)
     dense = mask.to_dense().double().cpu()
     return float((dense * q_rows[:, None] * k_cols[None, :]).sum())
 

@@ -45,6 +45,14 @@ def num_blocks(length: int, block: int) -> int:
     return -(-length // block)
 
 
+def block_lengths(length: int, block: int, **tensor_kwargs) -> torch.Tensor:
+    """Tokens in each of the `num_blocks(length, block)` blocks: `block`, except a partial last block."""
+    n = num_blocks(length, block)
+    sizes = torch.full((n,), block, **tensor_kwargs)
+    sizes[-1] = length - (n - 1) * block
+    return sizes
+
+
 @dataclass
 class BlockSparseMask:
     r"""Block-sparse attention mask (the `kv_num_blocks`/`kv_indices` pair of PyTorch flex_attention's `BlockMask`).

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .block_mask import BlockSparseMask, num_blocks
+from .block_mask import BlockSparseMask, block_lengths, num_blocks
 
 
 def _expand_kv(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -78,8 +78,7 @@ def block_mass_from_probs(probs: torch.Tensor, block_size: tuple[int, int], seq_
     b, h = probs.shape[:2]
     padded = torch.nn.functional.pad(probs, (0, kb * bk - sk, 0, qb * bq - sq))
     tile_sum = padded.reshape(b, h, qb, bq, kb, bk).sum(dim=(3, 5))
-    rows = torch.full((qb,), float(bq), dtype=tile_sum.dtype, device=probs.device)
-    rows[-1] = sq - (qb - 1) * bq
+    rows = block_lengths(sq, bq, dtype=tile_sum.dtype, device=probs.device)
     return (tile_sum / rows[:, None]).float()
 
 
