@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from pipeline_helpers import run_pipeline, spy_attention  # noqa: E402
+from pipeline_helpers import assert_all_passed_through, run_pipeline, spy_attention  # noqa: E402
 from sparse_diffusion.pipelines import ADAPTERS, get_adapter  # noqa: E402
 from sparse_diffusion.pipelines.tiny import TINY_BUILDERS, build_tiny_hunyuan_video_pipeline  # noqa: E402
 
@@ -167,10 +167,7 @@ def test_prompts_of_different_lengths_pass_through_dense(tiny):
         out = pipe(**call, **kwargs, generator=torch.Generator().manual_seed(0)).frames
         report = handle.report()
     assert np.array_equal(out, baseline)
-    assert report["calls"] == {"dense": 0, "build": 0, "sparse": 0, "fallback": 0}
-    assert {(p["layer"], p["reason"], p["count"]) for p in report["passthrough"]} == {
-        (name, "explicit attn_mask", 2) for name in LAYERS
-    }
+    assert_all_passed_through(report, LAYERS, 2)
 
 
 def test_bad_sizes():
