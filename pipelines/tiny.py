@@ -70,6 +70,7 @@ prompt's words plus 5 chat-template tokens (the 34-token system prefix is droppe
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -206,7 +207,7 @@ def _apply_locality_prior(transformer: torch.nn.Module, sharpness: float, seed: 
 
 def _mark(pipe, weights: str = "random"):
     pipe._sparse_diffusion_weights = weights
-    logger.debug("built tiny %s with random weights", type(pipe).__name__)
+    logger.debug("built tiny %s with %s weights", type(pipe).__name__, weights)
     return pipe
 
 
@@ -734,3 +735,32 @@ TINY_BUILDERS: dict[str, Callable] = {
     "qwenimage": build_tiny_qwenimage_pipeline,
     "hunyuan_video": build_tiny_hunyuan_video_pipeline,
 }
+
+
+#: Folder of the project-trained tiny Wan model (diffusers `save_pretrained` layout, fp16 safetensors).
+TRAINED_WAN_DIR = Path(__file__).resolve().parent / "weights" / "tiny_wan_shapes"
+TRAINED_WAN_WEIGHTS = "trained: tiny-wan-shapes (project-trained on procedural moving shapes, see its MODEL_CARD.md)"
+
+
+def load_trained_tiny_wan_pipeline(*, dtype: torch.dtype = torch.float32):
+    """Loads the project-trained tiny Wan 2.1-style text-to-video pipeline shipped with the package, offline.
+
+    ``diffusers.WanPipeline``: ``WanTransformer3DModel`` (4 layers, 4 heads of 64, patch 1x1x1, 8 latent
+    channels), a trained ``AutoencoderKLWan`` (8x space, 4x time), the tiny UMT5 text encoder of this module and
+    ``UniPCMultistepScheduler`` (flow, shift 3). Trained by ``scripts/train_tiny_video.py`` on 128x128 clips of 33
+    frames (9*16*16 = 2304 video tokens per self-attention call) of one shape moving in a straight line; prompts
+    look like ``"a red circle moving left"`` (``pipelines.shapes.all_prompts()``). Weights are stored in fp16 and
+    loaded as ``dtype``. ``pipe._sparse_diffusion_weights`` reads ``TRAINED_WAN_WEIGHTS``.
+
+    Raises:
+        SparseDiffusionError: the weight folder is missing (e.g. a source checkout without ``pipelines/weights``).
+    """
+    from diffusers import WanPipeline
+
+    if not (TRAINED_WAN_DIR / "model_index.json").is_file():
+        raise SparseDiffusionError(
+            f"the trained tiny Wan model is missing at {TRAINED_WAN_DIR}; reinstall the package or retrain it with "
+            "`python scripts/train_tiny_video.py --out pipelines/weights/tiny_wan_shapes`."
+        )
+    pipe = WanPipeline.from_pretrained(str(TRAINED_WAN_DIR), torch_dtype=dtype, local_files_only=True)
+    return _mark(pipe, TRAINED_WAN_WEIGHTS)

@@ -44,6 +44,8 @@ class LayerPlan:
     backend: str
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
+    complement: torch.Tensor | None = None  # [B, H, Sq, D]: dropped blocks' share of the dense output (cache_complement)
+    complement_mass: torch.Tensor | None = None  # [B, H, Sq, 1] float32: their softmax mass, 1 - kept share
 
 
 @dataclass
@@ -107,6 +109,7 @@ class SparseController:
         self.passthrough: Counter = Counter()
         self.runs: list[dict] = []
         self.last_masks: dict[str, BlockSparseMask] = {}  # latest build per layer, kept after the call for pictures
+        self.complement_peak_bytes = 0  # most memory cached complements held at once (cache_complement)
         self.reset()
 
     def _resolve_dense_layers(self, entries) -> set[str]:
@@ -274,11 +277,39 @@ class SparseController:
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason)
+        plan = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason)
+        if self.config.cache_complement and dense_reason is None:
+            plan.complement, plan.complement_mass = self._complement(out, lse, q, k, v, mask, scale, backend)
+        self.plans[key] = plan
+        if plan.complement is not None:
+            self.complement_peak_bytes = max(self.complement_peak_bytes, self.complement_bytes())
         stats.planned_density.append(density)
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
         return out
+
+    @staticmethod
+    def _complement(out, lse, q, k, v, mask, scale, backend) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dropped blocks' part of the dense output: `out - exp(lse_kept - lse) * out_kept` (exact at the build step)."""
+        kept_out, kept_lse = ops.block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, validate_mask=False)
+        share = torch.exp(kept_lse - lse).nan_to_num(0.0).clamp(0.0, 1.0).unsqueeze(-1)  # kept softmax mass per row
+        complement = out.float() - share * kept_out.float()
+        return complement.to(out.dtype), 1.0 - share
+
+    @staticmethod
+    def _merge_complement(plan: LayerPlan, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """Fresh kept-block result merged with the cached complement by LSE, both relative to the build's dense LSE."""
+        weight = torch.exp(lse - plan.lse).nan_to_num(0.0).unsqueeze(-1)
+        total = weight + plan.complement_mass
+        merged = (weight * out.float() + plan.complement.float()) / total.clamp_min(1e-20)
+        return torch.where(total > 0, merged, out.float()).to(out.dtype)
+
+    def complement_bytes(self) -> int:
+        """Memory held by cached complements now (bytes)."""
+        return sum(
+            p.complement.numel() * p.complement.element_size() + p.complement_mass.numel() * 4
+            for p in self.plans.values() if p.complement is not None
+        )
 
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]
@@ -293,6 +324,8 @@ class SparseController:
             stats.fallbacks["non-finite sparse output; recomputed dense"] += 1
             return dense_fn(), False
         stats.head_density_sum = _add(stats.head_density_sum, plan.head_density)
+        if plan.complement is not None:
+            out = self._merge_complement(plan, out, lse)
         if lse is not None:
             estimate = torch.exp(lse - plan.lse).mean(-1)  # [B, H]
             stats.head_kept_mass_sum = _add(stats.head_kept_mass_sum, estimate.mean(0))

@@ -499,3 +499,31 @@ def test_few_step_schedules_count_dense_steps_in_steps(pipes, steps, dense_steps
     assert np.isfinite(out).all()
     assert report["total_steps"] == steps and report["dense_steps"] == expected_dense
     assert report["sparse_steps"] == steps - expected_dense
+
+
+def test_complement_cache_restores_the_dense_output_when_inputs_repeat():
+    from sparse_diffusion.pipelines import Adapter
+
+    toy = _ToyDenoiser().eval()  # q/k/v do not depend on the timestep: every step sees the build step's inputs
+    adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position="last")
+    video, text = torch.randn(2, 90, 32) * 3, torch.randn(2, 20, 32) * 3
+    valid = torch.tensor([110, 110])
+
+    def run():
+        with torch.no_grad():
+            return [toy(video, torch.tensor(float(t)), text, valid) for t in (900, 600, 300, 100)]
+
+    baseline = run()
+    errors = {}
+    for cache in (False, True):
+        with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
+                              policy="topk", topk_ratio=0.3, sparse_density_limit=1.0, refresh_threshold=0,
+                              keep_text_tokens=False, cache_complement=cache) as handle:
+            outs = run()
+            report = handle.report()
+        assert report["calls"]["sparse"] == 3 and report["density"] < 0.6
+        errors[cache] = max(float((a - b).abs().max()) for a, b in zip(outs[1:], baseline[1:]))
+        expected_mib = (2 * 2 * 110 * 16 * 4 + 2 * 2 * 110 * 4) / 2**20 if cache else 0
+        assert report["complement_cache_mib"] == pytest.approx(expected_mib, abs=1e-3)
+    assert errors[False] > 1e-3, "the mask must drop real mass for this test to mean anything"
+    assert errors[True] < 1e-5, "kept blocks + cached complement must give back dense attention"
