@@ -2,7 +2,8 @@
 
 Every diffusers processor ends in SDPA, directly (CogVideoX, SD3, Mochi) or through `dispatch_attention_fn` with the
 `native` backend (Wan, Flux, HunyuanVideo, LTX), so catching the call sees q/k/v after projections, norms and RoPE
-with no copied processor. A mask that only pads keys at the end, with one length for the batch, is honoured by
+with no copied processor. A module may call SDPA several times per forward (Mochi: once per batch element); each
+call carries its index so it gets its own plan. A mask that only pads keys at the end, with one length for the batch, is honoured by
 cutting the keys to that length. Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk,
 autograd) pass through unchanged and are counted in the report.
 """
@@ -81,7 +82,8 @@ class SDPAInterceptor(TorchFunctionMode):
         super().__init__()
         self.controller = controller
         self.layer = layer
-        self.seen = 0
+        self.seen = 0  # every SDPA call in this forward
+        self.served = 0  # calls handed to the controller: the call index of the next one
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -100,6 +102,8 @@ class SDPAInterceptor(TorchFunctionMode):
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)
+        self.served += 1
         return self.controller.attention(
-            self.layer, call["query"], call["key"], call["value"], call["scale"], lambda: func(*args, **kwargs)
+            self.layer, call["query"], call["key"], call["value"], call["scale"], lambda: func(*args, **kwargs),
+            call_index=self.served - 1,
         )

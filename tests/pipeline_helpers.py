@@ -17,9 +17,9 @@ def spy_attention(handle) -> list:
     controller = handle.controller
     original = controller.attention
 
-    def attention(layer, q, k, v, scale, dense_fn):
+    def attention(layer, q, k, v, scale, dense_fn, **kwargs):
         calls.append((controller.step, controller.context, layer, tuple(q.shape), controller.text_len, v))
-        return original(layer, q, k, v, scale, dense_fn)
+        return original(layer, q, k, v, scale, dense_fn, **kwargs)
 
     controller.attention = attention
     return calls
