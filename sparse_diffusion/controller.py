@@ -44,6 +44,7 @@ class LayerPlan:
     geometry: tuple
     head_density: torch.Tensor  # [H], mean over the batch; fixed for the plan's life
     backend: str
+    seq_lens_k: torch.Tensor | None  # int32 [B] valid keys per batch element (varlen key padding), on q's device
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
 
@@ -226,22 +227,39 @@ class SparseController:
             return None
         return tile_permutation(tuple(grid), tile, str(q.device))
 
-    def _text_ranges(self, seq_len: int, text_len: int) -> list[tuple[int, int]]:
+    def _text_ranges(self, seq_len: int, text_len: int, rotation: int = 0) -> list[tuple[int, int]]:
+        """Token ranges of the joint text, in a sequence rotated left by `rotation` tokens."""
         if not self.config.keep_text_tokens or text_len <= 0 or text_len >= seq_len:
             return []
         if self.text_position == "last":
-            return [(seq_len - text_len, seq_len)]
-        return [(0, text_len)] if self.text_position == "first" else []
+            start = seq_len - text_len
+        elif self.text_position == "first":
+            start = 0
+        else:
+            return []
+        start = (start - rotation) % seq_len
+        end = start + text_len
+        return [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
 
     def attention(
         self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
-        *, call_index: int = 0,
+        *, call_index: int = 0, seq_lens_k: tuple[int, ...] | None = None, rotation: int = 0,
     ) -> torch.Tensor:
-        """Serve one eligible self-attention call (q [B, H, S, D], k/v [B, HK, S, D]); `dense_fn()` runs the original.
-        `call_index`: the call's position among the layer's eligible calls in this forward (own plan each)."""
+        """Serve one eligible self-attention call; `dense_fn()` runs the original.
+
+        Args:
+            q: [B, H, Sq, D]; k, v: [B, HK, Sk, D] (Sk < Sq when padded keys were cut off).
+            call_index: the call's position among the layer's eligible calls in this forward (own plan each).
+            seq_lens_k: valid keys per batch element when they differ (varlen key padding), else None.
+            rotation: the tokens arrive rotated left by this many positions (a padded run moved to the end);
+                text ranges are rotated alike. `dense_fn` returns the output in the same rotated order.
+        """
         text_len = self._call_text_len(q.shape[2])
-        perm = self._tile_permutation(q, k, text_len)
-        geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None)
+        perm = None if rotation else self._tile_permutation(q, k, text_len)
+        geometry = (
+            tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None, seq_lens_k,
+            rotation,
+        )
         key = (self.context, layer, call_index)
         phase, replan_reason = self._phase(layer, key, geometry)
         if perm is not None and phase in (Phase.BUILD, Phase.SPARSE):
@@ -257,7 +275,9 @@ class SparseController:
                 stats.replans[replan_reason] += 1
             with timer:
                 try:
-                    out = self._build(layer, key, geometry, q, k, v, scale, stats, text_len)
+                    lens = None if seq_lens_k is None else torch.tensor(seq_lens_k, dtype=torch.int32, device=q.device)
+                    ranges = self._text_ranges(q.shape[2], text_len, rotation)
+                    out = self._build(layer, key, geometry, q, k, v, scale, stats, ranges, lens)
                     if perm is not None:
                         out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
@@ -280,21 +300,24 @@ class SparseController:
         timer.add_to(stats, phase.value)
         return out
 
-    def _build(self, layer, key, geometry, q, k, v, scale, stats, text_len) -> torch.Tensor:
+    def _build(self, layer, key, geometry, q, k, v, scale, stats, text_ranges, seq_lens_k) -> torch.Tensor:
+        backend = ops.choose_sparse_backend(  # first: a backend that cannot serve fails before the costly pass
+            q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
+        )
         out, lse, mass = ops.dense_attention_with_stats(
-            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend)
+            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend),
+            seq_lens_k=seq_lens_k,
         )
         sq, sk = q.shape[2], k.shape[2]
-        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq, text_len))
+        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=text_ranges, seq_lens_k=seq_lens_k)
         build_kept = kept_mass(mass, mask)
-        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
         head_density = mask.density().mean(0)
         density = float(head_density.mean())
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason)
+        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, seq_lens_k, dense_reason)
         stats.planned_density.append(density)
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
@@ -306,7 +329,7 @@ class SparseController:
             stats.fallbacks[plan.dense_reason] += 1
             return dense_fn(), False
         out, lse = ops.block_sparse_attention(
-            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
         )
         stats.backends[plan.backend] += 1
         if not torch.isfinite(out).all():
