@@ -28,8 +28,13 @@ class Adapter:
         token_layout: one line for the README / report on what is accelerated and what stays dense.
         match_attention_classes: select modules by diffusers attention class instead of `self_attention`
             (outermost attention modules only).
-        video_grid: the self-attention sequence is exactly the video tokens in raster order (frame, row, column),
-            read from `hidden_states` [B, C, F, H, W] and the denoiser's `patch_size`; enables token tiling.
+        video_grid: the self-attention sequence holds the video tokens in raster order (frame, row, column), read
+            from `hidden_states` [B, C, F, H, W] and the denoiser's `patch_size`, plus the joint text tokens (if any)
+            at `text_position`; a call's text length is then its length minus the video tokens. Enables token tiling
+            for calls without text.
+        temporal_patch: an int `patch_size` also patches time (False: 2-D patches per latent frame, Mochi).
+        increasing_timesteps: the scheduler's timesteps go up during a call (Mochi); `accelerate_model` then starts a
+            new call when the timestep goes down.
     """
 
     family: str
@@ -42,6 +47,8 @@ class Adapter:
     token_layout: str = ""
     match_attention_classes: bool = False
     video_grid: bool = False
+    temporal_patch: bool = True
+    increasing_timesteps: bool = False
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """`(name, module)` of every accelerated self-attention module, in module order.
@@ -106,5 +113,8 @@ class Adapter:
         patch = getattr(getattr(module, "config", None), "patch_size", None)
         if not isinstance(hidden, torch.Tensor) or hidden.dim() != 5 or patch is None:
             return None
-        pt, ph, pw = (patch, patch, patch) if isinstance(patch, int) else tuple(patch)
+        if isinstance(patch, int):
+            pt, ph, pw = (patch if self.temporal_patch else 1), patch, patch
+        else:
+            pt, ph, pw = tuple(patch)
         return hidden.shape[2] // pt, hidden.shape[3] // ph, hidden.shape[4] // pw

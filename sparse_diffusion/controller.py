@@ -1,7 +1,9 @@
 """`SparseController`: step index per call, phase per layer, cached plans (mask + dense LSE) and statistics.
 
 One controller serves one accelerated denoiser. The denoiser hook tells it when a forward starts (timestep, cache
-context, text length); the attention hooks hand it every intercepted self-attention call.
+context, text length); the attention hooks hand it every intercepted self-attention call. A layer may make several
+calls per forward (Mochi: one per batch element, each with its own valid text length): plans are kept per
+(context, layer, call index within the layer's forward).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class LayerPlan:
     geometry: tuple
     head_density: torch.Tensor  # [H], mean over the batch; fixed for the plan's life
     backend: str
+    seq_lens_k: torch.Tensor | None  # int32 [B] valid keys per batch element (varlen key padding), on q's device
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
     complement: torch.Tensor | None = None  # [B, H, Sq, D]: dropped blocks' share of the dense output (cache_complement)
@@ -84,8 +87,9 @@ class SparseController:
         layer_names: accelerated self-attention module names in hook order (indices of `dense_layers` refer to it).
         total_steps_fn: returns the number of denoising steps of the current call (or `None` if unknown); read once
             at the first forward of each call.
-        restart_on_timestep_increase: start a new call when the timestep goes up (used when no pipeline marks call
-            boundaries, e.g. `accelerate_model`).
+        restart_on_timestep_increase: start a new call when the timestep moves against the schedule (used when no
+            pipeline marks call boundaries, e.g. `accelerate_model`).
+        increasing_timesteps: the schedule's timesteps go up (Mochi); a restart is then a timestep going down.
         text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
             `None` (no text tokens); their count comes from `begin_forward`.
     """
@@ -97,6 +101,7 @@ class SparseController:
         total_steps_fn: Callable[[], int | None],
         restart_on_timestep_increase: bool = False,
         text_position: str | None = None,
+        increasing_timesteps: bool = False,
     ) -> None:
         self.config = config
         self.text_position = text_position
@@ -104,6 +109,7 @@ class SparseController:
         self.dense_layer_names = self._resolve_dense_layers(config.dense_layers)
         self.total_steps_fn = total_steps_fn
         self.restart_on_timestep_increase = restart_on_timestep_increase
+        self.increasing_timesteps = increasing_timesteps
         self.plans: dict[tuple, LayerPlan] = {}
         self.stats: dict[str, LayerStats] = defaultdict(LayerStats)
         self.passthrough: Counter = Counter()
@@ -151,9 +157,12 @@ class SparseController:
     ) -> None:
         """Called before every denoiser forward with the (max) timestep value of that forward, the joint text length
         and the latent token grid (F', H', W') when the adapter knows it."""
+        backwards = self.last_t is not None and (
+            timestep < self.last_t - 1e-6 if self.increasing_timesteps else timestep > self.last_t + 1e-6
+        )
         new_call = (
             self.last_t is None
-            or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
+            or (self.restart_on_timestep_increase and backwards)
             or (timestep != self.last_t and self.total_steps is not None and self.step + 1 >= self.total_steps)
         )
         if new_call:
@@ -203,29 +212,58 @@ class SparseController:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
         return Phase.SPARSE, None
 
-    def _tile_permutation(self, q: torch.Tensor, k: torch.Tensor):
+    def _call_text_len(self, seq_len: int) -> int:
+        """Joint text tokens in a call of `seq_len` tokens: the forward's text length, or, when the video grid is
+        known, the tokens beyond the video (Mochi keeps only each sample's valid text tokens)."""
+        if self.grid is not None and self.text_position is not None:
+            extra = seq_len - self.grid[0] * self.grid[1] * self.grid[2]
+            if 0 <= extra <= self.text_len:
+                return extra
+        return self.text_len
+
+    def _tile_permutation(self, q: torch.Tensor, k: torch.Tensor, text_len: int):
         """(order, inverse) token permutation into space-time tiles, when configured and the layout is known."""
         tile, grid = self.config.token_tile, self.grid
-        if tile is None or grid is None or self.text_len:
+        if tile is None or grid is None or text_len:
             return None
         if not (q.shape[2] == k.shape[2] == grid[0] * grid[1] * grid[2]):
             return None
         return tile_permutation(tuple(grid), tile, str(q.device))
 
-    def _text_ranges(self, seq_len: int) -> list[tuple[int, int]]:
-        if not self.config.keep_text_tokens or self.text_len <= 0 or self.text_len >= seq_len:
+    def _text_ranges(self, seq_len: int, text_len: int, rotation: int = 0) -> list[tuple[int, int]]:
+        """Token ranges of the joint text, in a sequence rotated left by `rotation` tokens."""
+        if not self.config.keep_text_tokens or text_len <= 0 or text_len >= seq_len:
             return []
         if self.text_position == "last":
-            return [(seq_len - self.text_len, seq_len)]
-        return [(0, self.text_len)] if self.text_position == "first" else []
+            start = seq_len - text_len
+        elif self.text_position == "first":
+            start = 0
+        else:
+            return []
+        start = (start - rotation) % seq_len
+        end = start + text_len
+        return [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
 
     def attention(
-        self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable
+        self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
+        *, call_index: int = 0, seq_lens_k: tuple[int, ...] | None = None, rotation: int = 0,
     ) -> torch.Tensor:
-        """Serve one eligible self-attention call (q [B, H, S, D], k/v [B, HK, S, D]); `dense_fn()` runs the original."""
-        perm = self._tile_permutation(q, k)
-        geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, self.text_len, self.grid if perm else None)
-        key = (self.context, layer)
+        """Serve one eligible self-attention call; `dense_fn()` runs the original.
+
+        Args:
+            q: [B, H, Sq, D]; k, v: [B, HK, Sk, D] (Sk < Sq when padded keys were cut off).
+            call_index: the call's position among the layer's eligible calls in this forward (own plan each).
+            seq_lens_k: valid keys per batch element when they differ (varlen key padding), else None.
+            rotation: the tokens arrive rotated left by this many positions (a padded run moved to the end);
+                text ranges are rotated alike. `dense_fn` returns the output in the same rotated order.
+        """
+        text_len = self._call_text_len(q.shape[2])
+        perm = None if rotation else self._tile_permutation(q, k, text_len)
+        geometry = (
+            tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None, seq_lens_k,
+            rotation,
+        )
+        key = (self.context, layer, call_index)
         phase, replan_reason = self._phase(layer, key, geometry)
         if perm is not None and phase in (Phase.BUILD, Phase.SPARSE):
             order, inverse = perm
@@ -240,7 +278,9 @@ class SparseController:
                 stats.replans[replan_reason] += 1
             with timer:
                 try:
-                    out = self._build(layer, key, geometry, q, k, v, scale, stats)
+                    lens = None if seq_lens_k is None else torch.tensor(seq_lens_k, dtype=torch.int32, device=q.device)
+                    ranges = self._text_ranges(q.shape[2], text_len, rotation)
+                    out = self._build(layer, key, geometry, q, k, v, scale, stats, ranges, lens)
                     if perm is not None:
                         out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
@@ -263,23 +303,26 @@ class SparseController:
         timer.add_to(stats, phase.value)
         return out
 
-    def _build(self, layer, key, geometry, q, k, v, scale, stats) -> torch.Tensor:
+    def _build(self, layer, key, geometry, q, k, v, scale, stats, text_ranges, seq_lens_k) -> torch.Tensor:
+        backend = ops.choose_sparse_backend(  # first: a backend that cannot serve fails before the costly pass
+            q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
+        )
         out, lse, mass = ops.dense_attention_with_stats(
-            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend)
+            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend),
+            seq_lens_k=seq_lens_k,
         )
         sq, sk = q.shape[2], k.shape[2]
-        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
+        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=text_ranges, seq_lens_k=seq_lens_k)
         build_kept = kept_mass(mass, mask)
-        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
         head_density = mask.density().mean(0)
         density = float(head_density.mean())
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        plan = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason)
+        plan = LayerPlan(mask, lse, geometry, head_density, backend, seq_lens_k, dense_reason)
         if self.config.cache_complement and dense_reason is None:
-            plan.complement, plan.complement_mass = self._complement(out, lse, q, k, v, mask, scale, backend)
+            plan.complement, plan.complement_mass = self._complement(out, lse, q, k, v, plan, scale)
         self.plans[key] = plan
         if plan.complement is not None:
             self.complement_peak_bytes = max(self.complement_peak_bytes, self.complement_bytes())
@@ -289,9 +332,11 @@ class SparseController:
         return out
 
     @staticmethod
-    def _complement(out, lse, q, k, v, mask, scale, backend) -> tuple[torch.Tensor, torch.Tensor]:
+    def _complement(out, lse, q, k, v, plan: LayerPlan, scale) -> tuple[torch.Tensor, torch.Tensor]:
         """Dropped blocks' part of the dense output: `out - exp(lse_kept - lse) * out_kept` (exact at the build step)."""
-        kept_out, kept_lse = ops.block_sparse_attention(q, k, v, mask, scale=scale, backend=backend, validate_mask=False)
+        kept_out, kept_lse = ops.block_sparse_attention(
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
+        )
         share = torch.exp(kept_lse - lse).nan_to_num(0.0).clamp(0.0, 1.0).unsqueeze(-1)  # kept softmax mass per row
         complement = out.float() - share * kept_out.float()
         return complement.to(out.dtype), 1.0 - share
@@ -317,7 +362,7 @@ class SparseController:
             stats.fallbacks[plan.dense_reason] += 1
             return dense_fn(), False
         out, lse = ops.block_sparse_attention(
-            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
         )
         stats.backends[plan.backend] += 1
         if not torch.isfinite(out).all():

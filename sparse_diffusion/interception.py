@@ -1,10 +1,16 @@
 """Route `F.scaled_dot_product_attention` calls made inside a hooked self-attention module to the controller.
 
 Every diffusers processor ends in SDPA, directly (CogVideoX, SD3, Mochi) or through `dispatch_attention_fn` with the
-`native` backend (Wan, Flux, HunyuanVideo, LTX), so catching the call sees q/k/v after projections, norms and RoPE
-with no copied processor. A mask that only pads keys at the end, with one length for the batch, is honoured by
-cutting the keys to that length. Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk,
-autograd) pass through unchanged and are counted in the report.
+`native` backend (Wan, Flux, HunyuanVideo, LTX, Qwen-Image), so catching the call sees q/k/v after projections, norms
+and RoPE with no copied processor. A module may call SDPA several times per forward (Mochi: once per batch element);
+each call carries its index so it gets its own plan.
+
+Key-padding masks are honoured without a mask: when each batch element's masked keys form one run ending at a
+position shared by the batch, the sequence is rotated so that run sits at the end (queries, keys and values alike;
+attention is equivariant to that permutation, and the output is rotated back), the keys are cut to the longest
+valid length, and shorter batch elements pass their valid key counts as `seq_lens_k`. HunyuanVideo's padded text
+LAST needs no rotation; Qwen-Image's padded text FIRST moves behind the image tokens. Calls the sparse path cannot
+honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are counted in the report.
 """
 
 from __future__ import annotations
@@ -26,12 +32,19 @@ def bind_sdpa_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-def trailing_key_padding(mask: torch.Tensor, k: torch.Tensor) -> int | None:
-    """Valid key count when `mask` ([B or 1, 1, 1, Sk], bool or additive 0/-inf) masks only a run of keys at the
-    end, with one length for the whole batch (e.g. HunyuanVideo's text padding); otherwise None."""
+def key_padding(mask: torch.Tensor, k: torch.Tensor) -> tuple[list[int], int] | None:
+    """Read a key-padding mask: [B or 1, 1, 1, Sk], bool or additive 0/-inf, whose masked keys form one run per
+    batch element ending at a position `end` shared by the batch, every key from `end` on being valid.
+
+    Returns:
+        `(valid, end)`: valid keys before `end` per mask row, and `end` (Sk for trailing padding, e.g. HunyuanVideo's
+        text; less when valid keys follow the padding, e.g. Qwen-Image's padded text before the image tokens).
+        None for any other mask, or when a batch element would have no valid key.
+    """
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1):
         return None
-    if mask.shape[-1] != k.shape[2]:
+    sk = k.shape[2]
+    if mask.shape[-1] != sk:
         return None
     row = mask[:, 0, 0]
     if row.dtype == torch.bool:
@@ -40,11 +53,14 @@ def trailing_key_padding(mask: torch.Tensor, k: torch.Tensor) -> int | None:
         valid = row == 0
     else:
         return None
-    lengths = valid.sum(-1)
-    length = int(lengths[0])
-    if length == 0 or not bool((lengths == length).all()) or not bool(valid[:, :length].all()):
+    padded = (~valid).any(0)
+    end = int(padded.nonzero().max()) + 1 if bool(padded.any()) else sk
+    counts = valid[:, :end].sum(-1)
+    if not torch.equal(valid[:, :end], torch.arange(end, device=valid.device) < counts[:, None]):
         return None
-    return length
+    if end == sk and not bool((counts > 0).all()):
+        return None
+    return counts.tolist(), end
 
 
 def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | None:
@@ -81,7 +97,8 @@ class SDPAInterceptor(TorchFunctionMode):
         super().__init__()
         self.controller = controller
         self.layer = layer
-        self.seen = 0
+        self.seen = 0  # every SDPA call in this forward
+        self.served = 0  # calls handed to the controller: the call index of the next one
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -89,17 +106,34 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.seen += 1
         call = bind_sdpa_args(args, kwargs)
-        length = None
         q, k = call["query"], call["key"]
         self_attention = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == k.dim() == 4
+        padding = None
         if call["attn_mask"] is not None and self_attention and q.shape[2] == k.shape[2]:  # never cross-attention
-            length = trailing_key_padding(call["attn_mask"], k)
-            if length is not None:  # masked trailing keys contribute nothing: drop them and the mask
-                call = dict(call, attn_mask=None, key=call["key"][:, :, :length], value=call["value"][:, :, :length])
-        reason = ineligible_reason(call, self.controller.config.block_size[1], trimmed=length is not None)
+            padding = key_padding(call["attn_mask"], k)
+        shift, seq_lens_k = 0, None
+        if padding is not None:  # padded keys contribute nothing: move them to the end, cut them, drop the mask
+            valid, end = padding
+            sk = k.shape[2]
+            shift = end % sk
+            lengths = [n + sk - end for n in valid] * (q.shape[0] if len(valid) == 1 else 1)
+            longest = max(lengths)
+            q, k, v = (_rotate(t, shift) for t in (q, k, call["value"]))
+            call = dict(call, attn_mask=None, query=q, key=k[:, :, :longest], value=v[:, :, :longest])
+            seq_lens_k = None if len(set(lengths)) == 1 else tuple(lengths)
+        reason = ineligible_reason(call, self.controller.config.block_size[1], trimmed=padding is not None)
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)
-        return self.controller.attention(
-            self.layer, call["query"], call["key"], call["value"], call["scale"], lambda: func(*args, **kwargs)
+        self.served += 1
+        out = self.controller.attention(
+            self.layer, call["query"], call["key"], call["value"], call["scale"],
+            lambda: _rotate(func(*args, **kwargs), shift),
+            call_index=self.served - 1, seq_lens_k=seq_lens_k, rotation=shift,
         )
+        return _rotate(out, -shift)
+
+
+def _rotate(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Tokens (dim 2) rotated left by `shift` (token `shift` comes first); no copy for 0."""
+    return x if shift == 0 else torch.roll(x, -shift, 2)
