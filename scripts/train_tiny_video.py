@@ -4,7 +4,7 @@
 
 Stages (seeded; same arguments and thread count give the same weights):
 1. VAE: ``AutoencoderKLWan`` (8x space, 4x time, 8 latent channels) on 9-frame 64x64 clips and crops of 128x128
-   clips; loss MSE + 0.1 L1 + 1e-6 KL. Per-channel latent mean/std are then measured and stored in its config.
+   clips; loss (MSE + 0.1 L1) with shape pixels weighted x10, + 1e-6 KL. Per-channel latent mean/std are then measured and stored in its config.
 2. Transformer: ``WanTransformer3DModel`` (patch 1x1x1, so 128x128x33 is 9*16*16 = 2304 tokens) trained with
    rectified-flow velocity loss (x_t = (1 - s) x0 + s noise, target noise - x0, s shifted by 3 as in inference),
    10% prompt dropout for CFG, AdamW + EMA; first on 64x64x33 clips (576 tokens), then on 128x128x33.
@@ -33,15 +33,16 @@ def parse_args():
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
-    p.add_argument("--vae-steps", type=int, default=500)
-    p.add_argument("--low-steps", type=int, default=900, help="transformer steps at 64x64x33")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--low-steps", type=int, default=700, help="transformer steps at 64x64x33")
     p.add_argument("--low-clips", type=int, default=768)
-    p.add_argument("--high-steps", type=int, default=450, help="transformer steps at 128x128x33")
+    p.add_argument("--high-steps", type=int, default=300, help="transformer steps at 128x128x33")
     p.add_argument("--high-clips", type=int, default=256)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--resume-vae", action="store_true", help="reuse OUT/work/vae from an earlier run")
+    p.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (resume with --resume-vae)")
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/loss_curve.png from OUT/train_log.jsonl")
     return p.parse_args()
 
@@ -67,8 +68,8 @@ def build(seed: int, layers: int, heads: int):
 
 
 class Log:
-    def __init__(self, path: Path):
-        self.f = path.open("w")
+    def __init__(self, path: Path, append: bool = False):
+        self.f = path.open("a" if append else "w")
         self.t0 = time.time()
 
     def __call__(self, **row):
@@ -97,6 +98,8 @@ def vae_clips(gen, batch):
 
 
 def train_vae(vae, steps, gen, log):
+    from sparse_diffusion.pipelines import shapes
+
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     vae.train()
     smooth = None
@@ -109,7 +112,9 @@ def train_vae(vae, steps, gen, log):
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / x[0].numel()
-        loss = F.mse_loss(rec, x) + 0.1 * F.l1_loss(rec, x) + 1e-6 * kl
+        # shapes cover a few percent of the pixels: weight them x10 so colour and edges are learned, not just background
+        weight = 1.0 + 9.0 * ((x + 1) / 2 - shapes.BACKGROUND).abs().amax(1, keepdim=True).gt(0.05).float()
+        loss = (weight * ((rec - x) ** 2 + 0.1 * (rec - x).abs())).mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -222,7 +227,7 @@ def plot_losses(out: Path) -> Path:
         pts = [(r["step"], r["loss"]) for r in rows if r["stage"] == stage]
         ax = axes[0] if stage == "vae" else axes[1]
         ax.plot(*zip(*pts), label=stage)
-    axes[0].set_title("VAE: MSE + 0.1 L1 + 1e-6 KL")
+    axes[0].set_title("VAE: shape-weighted MSE + 0.1 L1 + 1e-6 KL")
     axes[1].set_title("transformer: flow-matching velocity MSE (EMA 0.98 of batches)")
     for ax in axes:
         ax.set_xlabel("step")
@@ -244,7 +249,7 @@ def main():
     torch.set_flush_denormal(True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
-    log = Log(args.out / "train_log.jsonl")
+    log = Log(args.out / "train_log.jsonl", append=args.resume_vae)
     log(stage="start", args={k: str(v) for k, v in vars(args).items()}, torch=torch.__version__)
     pipe = build(args.seed, args.layers, args.heads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -260,6 +265,8 @@ def main():
         pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
         pipe.vae.save_pretrained(work / "vae")
         gen.manual_seed(args.seed + 1)
+    if args.vae_only:
+        return
     log(stage="latents", mean=[round(m, 3) for m in pipe.vae.config.latents_mean],
         std=[round(s, 3) for s in pipe.vae.config.latents_std])
     stages = [(args.low_steps, args.low_clips, 64, 8), (args.high_steps, args.high_clips, 128, 2)]
