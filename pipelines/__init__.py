@@ -10,12 +10,13 @@ from .cogvideox import COGVIDEOX
 from .flux import FLUX
 from .hunyuan_video import HUNYUAN_VIDEO
 from .ltx import LTX
+from .masked_lm import MASKED_LM
 from .qwenimage import QWENIMAGE
 from .sd3 import SD3
 from .wan import WAN
 
 
-ADAPTERS: dict[str, Adapter] = {a.family: a for a in (WAN, COGVIDEOX, FLUX, SD3, LTX, QWENIMAGE, HUNYUAN_VIDEO)}
+ADAPTERS: dict[str, Adapter] = {a.family: a for a in (WAN, COGVIDEOX, FLUX, SD3, LTX, QWENIMAGE, HUNYUAN_VIDEO, MASKED_LM)}
 
 # Every diffusers attention module; only calls with Sq == Sk and no mask are accelerated.
 GENERIC = Adapter(

@@ -30,6 +30,9 @@ class Adapter:
             (outermost attention modules only).
         video_grid: the self-attention sequence is exactly the video tokens in raster order (frame, row, column),
             read from `hidden_states` [B, C, F, H, W] and the denoiser's `patch_size`; enables token tiling.
+        step_source: `"timestep"`: steps are counted from the timestep argument's progression (diffusion
+            denoisers); `"forward"`: every denoiser forward is one step (diffusion LMs have no timestep) and the
+            call's step count comes from `begin_call` (the DLM sampler opens one) or `num_inference_steps`.
     """
 
     family: str
@@ -42,6 +45,7 @@ class Adapter:
     token_layout: str = ""
     match_attention_classes: bool = False
     video_grid: bool = False
+    step_source: str = "timestep"
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """`(name, module)` of every accelerated self-attention module, in module order.
@@ -59,7 +63,10 @@ class Adapter:
                     layers.append((name, m))
         else:
             pattern = re.compile(self.self_attention)
-            layers = [(name, m) for name, m in denoiser.named_modules() if name and pattern.fullmatch(name)]
+            layers = []
+            for name, m in denoiser.named_modules():  # outermost matches only: nested hooks would double-count
+                if name and pattern.fullmatch(name) and not any(name.startswith(outer + ".") for outer, _ in layers):
+                    layers.append((name, m))
         if not layers:
             raise SparseDiffusionError(
                 f"no module of {type(denoiser).__name__} matches the {self.family} self-attention pattern "

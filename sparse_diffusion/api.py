@@ -90,6 +90,19 @@ class SparseHandle:
         """Drop the current call's state and all cached masks (the next forward starts a new call)."""
         self.controller.reset()
 
+    def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
+        """Start a new call at the next forward, with `total_steps` denoising steps (diffusion LMs: forwards; None
+        reads the pipeline scheduler or `num_inference_steps`) and `prompt_length` prompt tokens at the start of the
+        sequence (read by `sparsed_selection`). `dlm.generate` calls this; a hand-written sampling loop should too.
+
+        Raises:
+            SparseDiffusionError: `total_steps` or `prompt_length` is not a positive / non-negative int.
+        """
+        for name, value, low in (("total_steps", total_steps, 1), ("prompt_length", prompt_length, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise SparseDiffusionError(f"{name}={value!r} must be an int >= {low} or None.")
+        self.controller.begin_call(total_steps, prompt_length)
+
     def reset_stats(self) -> None:
         """Clear the accumulated statistics (plans are kept)."""
         self.controller.stats.clear()
@@ -122,6 +135,16 @@ class SparseHandle:
 
 
 _PROGRESS_ATTR = "_sparse_diffusion_progress_bar"
+
+
+def begin_call(model: Any, total_steps: int | None = None, prompt_length: int | None = None) -> bool:
+    """`SparseHandle.begin_call` on the handle of an accelerated `model`; returns False (and does nothing) when the
+    model is not accelerated, so samplers can call it unconditionally."""
+    handle = getattr(model, _HANDLE_ATTR, None)
+    if handle is None or handle.removed:
+        return False
+    handle.begin_call(total_steps, prompt_length)
+    return True
 
 
 def _mark_call_starts(pipe: Any, controller: SparseController) -> None:
@@ -194,7 +217,8 @@ def _accelerate(
             raise SparseDiffusionError(f"expected a torch.nn.Module denoiser, got {type(denoiser).__name__}.")
         _check_not_parallel(denoiser)
         _check_backend_can_serve(denoiser, config)
-    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None:
+    per_forward = adapter.step_source == "forward"  # the sampler tells each call's steps (begin_call)
+    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None and not per_forward:
         raise SparseDiffusionError(
             f"dense_steps={config.dense_steps} is a fraction, but accelerate_model() does not know the number of "
             "denoising steps; pass num_inference_steps=... or an int dense_steps."
@@ -215,6 +239,7 @@ def _accelerate(
         total_steps_fn,
         restart_on_timestep_increase=restart,
         text_position=adapter.text_position,
+        step_per_forward=per_forward,
     )
     torch_hooks = {c: install_hooks(d, controller, adapter, layers[c]) for c, d in denoisers.items()}
     handle = SparseHandle(denoisers, controller, adapter, torch_hooks, pipe)

@@ -16,10 +16,10 @@ from typing import Callable
 import torch
 
 from . import ops
-from .block_mask import BlockSparseMask
+from .block_mask import BlockSparseMask, num_blocks
 from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
-from .planning import kept_mass, plan_block_mask
+from .planning import kept_mass, plan_block_mask, plan_sparsed_mask
 from .reorder import tile_permutation
 
 
@@ -84,6 +84,8 @@ class SparseController:
             at the first forward of each call.
         restart_on_timestep_increase: start a new call when the timestep goes up (used when no pipeline marks call
             boundaries, e.g. `accelerate_model`).
+        step_per_forward: every forward is one step (diffusion LMs: no timestep). A call starts at `begin_call`, at
+            the first forward, or, when no call was opened, once the forwards of the last call reach its steps.
         text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
             `None` (no text tokens); their count comes from `begin_forward`.
     """
@@ -95,8 +97,10 @@ class SparseController:
         total_steps_fn: Callable[[], int | None],
         restart_on_timestep_increase: bool = False,
         text_position: str | None = None,
+        step_per_forward: bool = False,
     ) -> None:
         self.config = config
+        self.step_per_forward = step_per_forward
         self.text_position = text_position
         self.layer_names = list(layer_names)
         self.dense_layer_names = self._resolve_dense_layers(config.dense_layers)
@@ -140,27 +144,49 @@ class SparseController:
         self.context: tuple | None = None
         self.text_len = 0
         self.grid: tuple[int, int, int] | None = None
+        self.prompt_len: int | None = None
+        self._opened: dict | None = None  # set by begin_call, consumed by the call's first forward
+        self._explicit_call = False
         self._forwards_this_step: Counter = Counter()
         self.plans.clear()
 
+    def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
+        """Start a new call at the next forward: `total_steps` steps (None: ask `total_steps_fn`), prompt tokens
+        first in the sequence (`prompt_length`, used by `sparsed_selection`). Drops the cached plans."""
+        self.reset()
+        self._opened = {"total_steps": total_steps, "prompt_length": prompt_length}
+
+    def _start_call(self) -> None:
+        opened = self._opened
+        self.reset()
+        self.step = 0
+        self._explicit_call = opened is not None
+        total = opened["total_steps"] if opened else None
+        self.total_steps = total if total is not None else self.total_steps_fn()
+        self.prompt_len = opened["prompt_length"] if opened else None
+        self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
+        warmup = self.num_dense_steps if self.total_steps is None else min(self.num_dense_steps, self.total_steps)
+        self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
+
     def begin_forward(
-        self, timestep: float, context_name: str | None, text_len: int = 0, grid: tuple[int, int, int] | None = None
+        self, timestep: float | None, context_name: str | None, text_len: int = 0,
+        grid: tuple[int, int, int] | None = None,
     ) -> None:
-        """Called before every denoiser forward with the (max) timestep value of that forward, the joint text length
-        and the latent token grid (F', H', W') when the adapter knows it."""
-        new_call = (
-            self.last_t is None
-            or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
-            or (timestep != self.last_t and self.total_steps is not None and self.step + 1 >= self.total_steps)
-        )
+        """Called before every denoiser forward with the (max) timestep value of that forward (None in
+        `step_per_forward` mode), the joint text length and the latent token grid (F', H', W') when known."""
+        exhausted = self.total_steps is not None and self.step + 1 >= self.total_steps and not self._explicit_call
+        if self.step_per_forward:
+            new_call, next_step = self.step < 0 or exhausted, True
+        else:
+            new_call = (
+                self.last_t is None
+                or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
+                or (timestep != self.last_t and exhausted)
+            )
+            next_step = timestep != self.last_t
         if new_call:
-            self.reset()
-            self.step = 0
-            self.total_steps = self.total_steps_fn()
-            self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
-            warmup = self.num_dense_steps if self.total_steps is None else min(self.num_dense_steps, self.total_steps)
-            self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
-        elif timestep != self.last_t:
+            self._start_call()
+        elif next_step:
             self.step += 1
             self._forwards_this_step.clear()
         self.last_t = timestep
@@ -265,7 +291,10 @@ class SparseController:
             q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend)
         )
         sq, sk = q.shape[2], k.shape[2]
-        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
+        if self.config.sparsed_selection:
+            mask = self._plan_sparsed(mass, q, k, v, scale)
+        else:
+            mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
         build_kept = kept_mass(mass, mask)
         backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
@@ -279,6 +308,20 @@ class SparseController:
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
         return out
+
+    def _plan_sparsed(self, mass, q, k, v, scale) -> BlockSparseMask:
+        """SparseD's selection: a second stats pass gives the tile mass with the softmax over generated keys only."""
+        bk, sk = self.config.block_size[1], k.shape[2]
+        start = min(num_blocks(sk, bk), num_blocks(self.prompt_len or 0, bk)) * bk
+        generated = None
+        if start < sk:
+            _, _, generated = ops.dense_attention_with_stats(
+                q, k[:, :, start:], v[:, :, start:], self.config.block_size, scale=scale,
+                backend=_stats_backend(self.config.backend),
+            )
+        return plan_sparsed_mask(
+            mass, generated, self.config.topk_ratio, self.config.block_size, (q.shape[2], sk), self.prompt_len or 0
+        )
 
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]

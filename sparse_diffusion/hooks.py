@@ -47,8 +47,9 @@ class DenoiserStepHook(ModelHook):
 
     @torch.compiler.disable  # Python call state: runs eagerly inside a compiled denoiser
     def before_forward(self, module, args, kwargs):
+        timed = self.adapter.step_source == "timestep"
         self.controller.begin_forward(
-            self.adapter.read_timestep(module, args, kwargs),
+            self.adapter.read_timestep(module, args, kwargs) if timed else None,
             self.context_name(),
             self.adapter.text_length(module, args, kwargs),
             self.adapter.token_grid(module, args, kwargs),
