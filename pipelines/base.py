@@ -33,6 +33,12 @@ class Adapter:
         step_source: `"timestep"`: steps are counted from the timestep argument's progression (diffusion
             denoisers); `"forward"`: every denoiser forward is one step (diffusion LMs have no timestep) and the
             call's step count comes from `begin_call` (the DLM sampler opens one) or `num_inference_steps`.
+        steps_attribute: pipeline attribute read at a call's first forward for its number of steps (LLaDA2:
+            `num_timesteps`); None counts the scheduler's timesteps.
+        call_marker: pipeline method called once at the start of every call, before any denoiser forward; wrapped
+            so that each call starts with fresh state even after an interrupted one.
+        step_module: submodule of the denoiser whose forward marks a step, when the denoiser's own `forward` is
+            called directly (bypassing hooks) or also runs other work (DiffusionGemma: `model.decoder`).
     """
 
     family: str
@@ -46,6 +52,9 @@ class Adapter:
     match_attention_classes: bool = False
     video_grid: bool = False
     step_source: str = "timestep"
+    steps_attribute: str | None = None
+    call_marker: str = "progress_bar"
+    step_module: str | None = None
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """`(name, module)` of every accelerated self-attention module, in module order.

@@ -4,6 +4,8 @@
 `F.scaled_dot_product_attention` call per layer over the whole canvas (K/V not repeated for GQA: `enable_gqa`), the
 shape LLaDA-8B (32 q / 32 kv heads) and Dream-7B (28 q / 4 kv heads) have. Its forward takes `input_ids` [B, L] and
 returns `.logits` [B, L, V]; the Dream logit shift belongs to the sampler (`dlm.generate(shift_logits=True)`).
+`TinyBlockDiffusionLM` is the LLaDA2 stand-in (block-causal attention mask) for diffusers' `LLaDA2Pipeline`, whose
+real model is remote code.
 Weights are deterministic in `seed` and building does not touch the global RNG.
 """
 
@@ -85,6 +87,14 @@ class TinyMaskedLM(nn.Module):
         self.norm = nn.RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab_size)
 
+    @property
+    def device(self) -> torch.device:  # what diffusers pipelines read from their components
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
     def attention_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The mask every layer's SDPA receives (None: fully bidirectional)."""
         return attention_mask
@@ -99,6 +109,27 @@ class TinyMaskedLM(nn.Module):
         return MaskedLMOutput(self.lm_head(self.norm(x)))
 
 
+class TinyBlockDiffusionLM(TinyMaskedLM):
+    """A block-diffusion LM (LLaDA2 layout: bidirectional inside a block of `block_length` tokens, causal across
+    blocks) with the call signature diffusers' `LLaDA2Pipeline` uses: `forward(input_ids [B, L], attention_mask [B, L]
+    (1 = real token), position_ids [B, L])`. Every layer's SDPA gets the block-causal mask AND the key padding as an
+    additive float mask (0 / dtype min), the form transformers writes."""
+
+    def __init__(self, *args, block_length: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.block_length = block_length
+
+    def attention_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        block = torch.arange(input_ids.shape[1], device=input_ids.device) // self.block_length
+        allowed = (block[:, None] >= block[None, :])[None, None]  # [1, 1, L, L]
+        if attention_mask is not None:
+            allowed = allowed & attention_mask.bool()[:, None, None, :]
+        dtype = self.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+
 def build_tiny_masked_lm(
     kind: str = "llada",
     *,
@@ -109,14 +140,17 @@ def build_tiny_masked_lm(
     kv_heads: int | None = None,
     locality: float = 0.0,
     mask_id: int | None = None,
+    block_length: int = 16,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> TinyMaskedLM:
     """A `TinyMaskedLM` with random weights fixed by `seed`, in eval mode.
 
     Args:
-        kind: `"llada"` (MHA, 4 heads by default) or `"dream"` (GQA, 4 query heads over 2 key/value heads by default;
-            sample with `shift_logits=True`).
+        kind: `"llada"` (MHA, 4 heads by default), `"dream"` (GQA, 4 query heads over 2 key/value heads by default;
+            sample with `shift_logits=True`) or `"llada2"` (a `TinyBlockDiffusionLM`, GQA 4 over 2, block-causal with
+            `block_length`, for diffusers' `LLaDA2Pipeline`).
+        block_length: the block-causal block of `"llada2"` (use the pipeline's `block_length`).
         locality: > 0 adds a shared random q/k bias of this size, so after RoPE attention concentrates on nearby
             positions (random weights alone give near-uniform attention, which no block mask can thin out).
         mask_id: a token the model never predicts (logit bias -1e4), as a trained DLM never predicts its mask
@@ -126,7 +160,7 @@ def build_tiny_masked_lm(
     Raises:
         SparseDiffusionError: unknown kind, head counts that do not divide, or `mask_id` outside the vocabulary.
     """
-    defaults = {"llada": (4, 4), "dream": (4, 2)}
+    defaults = {"llada": (4, 4), "dream": (4, 2), "llada2": (4, 2)}
     if kind not in defaults:
         raise SparseDiffusionError(f"kind={kind!r} must be one of {sorted(defaults)}.")
     heads = heads or defaults[kind][0]
@@ -141,7 +175,10 @@ def build_tiny_masked_lm(
         raise SparseDiffusionError(f"mask_id={mask_id} must lie in [0, vocab_size={vocab_size}).")
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        model = TinyMaskedLM(vocab_size, hidden, num_layers, heads, kv_heads)
+        if kind == "llada2":
+            model = TinyBlockDiffusionLM(vocab_size, hidden, num_layers, heads, kv_heads, block_length=block_length)
+        else:
+            model = TinyMaskedLM(vocab_size, hidden, num_layers, heads, kv_heads)
         model.lm_head.bias.zero_()[mask_id] = -1e4
         if locality:
             for layer in model.layers:
@@ -151,4 +188,4 @@ def build_tiny_masked_lm(
     return model.to(dtype).eval()
 
 
-__all__ = ["MaskedLMOutput", "TinyMaskedLM", "build_tiny_masked_lm", "rotary"]
+__all__ = ["MaskedLMOutput", "TinyBlockDiffusionLM", "TinyMaskedLM", "build_tiny_masked_lm", "rotary"]

@@ -153,10 +153,17 @@ def flex_block_sparse(
     return _flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa), None
 
 
+def tile_token_mask(allowed: torch.Tensor, block_size: tuple[int, int], rows: torch.Tensor, sk: int) -> torch.Tensor:
+    """Bool [B or 1, H or 1, len(rows), Sk] token mask of the query positions `rows` from a tile table [.., QB, KB]."""
+    return allowed[:, :, rows // block_size[0]].repeat_interleave(block_size[1], -1)[..., :sk]
+
+
 def chunked_dense_with_stats(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: tuple[int, int], scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: tuple[int, int], scale: float,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact dense attention, LSE and per-tile mass, chunked over query blocks (never Sq x Sk at once).
+    """Exact dense attention, LSE and per-tile mass, chunked over query blocks (never Sq x Sk at once). `allowed`
+    (bool tile table [B or 1, H or 1, QB, KB]) restricts every query to the keys of its allowed tiles.
 
     On CPU without GQA the output and LSE come from PyTorch's fused flash kernel and one extra pass recomputes the
     scores chunk by chunk to sum `exp(s - lse)` per tile; otherwise each chunk's scores give LSE, output and mass.
@@ -172,7 +179,7 @@ def chunked_dense_with_stats(
     kc = k.to(acc)
     k_t = kc.transpose(-1, -2)
     dv = v.shape[-1]
-    fused = q.device.type == "cpu" and groups == 1
+    fused = q.device.type == "cpu" and groups == 1 and allowed is None
     if fused:
         out, lse = _attend_with_lse(q, k, v, scale)
         vc = None
@@ -192,6 +199,9 @@ def chunked_dense_with_stats(
         if r not in buffers:
             buffers[r] = torch.empty(b, hk, groups * r, sk, dtype=acc, device=q.device)
         scores = torch.matmul(qc, k_t, out=buffers[r])
+        if allowed is not None:
+            keep = tile_token_mask(allowed, block_size, torch.arange(s, e, device=q.device), sk)
+            scores.view(b, h, r, sk).masked_fill_(~keep, float("-inf"))
         if fused:
             row_lse = lse[:, :, s:e].to(acc).reshape(b, hk, groups * r)
         else:

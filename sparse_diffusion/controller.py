@@ -44,6 +44,7 @@ class LayerPlan:
     backend: str
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
+    allowed: torch.Tensor | None = None  # tile table of the call's attention mask (block-causal, ...) or None
 
 
 @dataclass
@@ -147,6 +148,7 @@ class SparseController:
         self.prompt_len: int | None = None
         self._opened: dict | None = None  # set by begin_call, consumed by the call's first forward
         self._explicit_call = False
+        self._dense_error: SparseDiffusionError | None = None
         self._forwards_this_step: Counter = Counter()
         self.plans.clear()
 
@@ -164,8 +166,11 @@ class SparseController:
         total = opened["total_steps"] if opened else None
         self.total_steps = total if total is not None else self.total_steps_fn()
         self.prompt_len = opened["prompt_length"] if opened else None
-        self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
-        warmup = self.num_dense_steps if self.total_steps is None else min(self.num_dense_steps, self.total_steps)
+        try:
+            self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
+            warmup = self.num_dense_steps if self.total_steps is None else min(self.num_dense_steps, self.total_steps)
+        except SparseDiffusionError as exc:  # raised by the first call that needs it: a model may have none
+            self._dense_error, warmup = exc, None
         self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
 
     def begin_forward(
@@ -207,9 +212,11 @@ class SparseController:
 
     # ---- per-call decisions --------------------------------------------------------------------------------
 
-    def _phase(self, layer: str, key: tuple, geometry: tuple) -> tuple[Phase, str | None]:
+    def _phase(self, layer: str, key: tuple, geometry: tuple, allowed) -> tuple[Phase, str | None]:
         if layer in self.dense_layer_names:
             return Phase.DENSE, None
+        if self._dense_error is not None:
+            raise self._dense_error
         last_dense = self.num_dense_steps - 1
         if self.step < last_dense:
             return Phase.DENSE, None
@@ -222,6 +229,8 @@ class SparseController:
             return Phase.BUILD, "no plan for this context"
         if plan.geometry != geometry:
             return Phase.BUILD, "input geometry changed"
+        if (plan.allowed is None) != (allowed is None) or (allowed is not None and not torch.equal(plan.allowed, allowed)):
+            return Phase.BUILD, "attention mask changed"
         if plan.refresh:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
         return Phase.SPARSE, None
@@ -243,13 +252,16 @@ class SparseController:
         return [(0, self.text_len)] if self.text_position == "first" else []
 
     def attention(
-        self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable
+        self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Serve one eligible self-attention call (q [B, H, S, D], k/v [B, HK, S, D]); `dense_fn()` runs the original."""
+        """Serve one eligible self-attention call (q [B, H, Sq, D], k/v [B, HK, Sk, D]); `dense_fn()` runs the
+        original. `allowed`: the call's attention mask as a bool tile table [B or 1, H or 1, QB, KB] (the planned
+        masks keep only allowed tiles), None when unmasked."""
         perm = self._tile_permutation(q, k)
         geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, self.text_len, self.grid if perm else None)
         key = (self.context, layer)
-        phase, replan_reason = self._phase(layer, key, geometry)
+        phase, replan_reason = self._phase(layer, key, geometry, allowed)
         if perm is not None and phase in (Phase.BUILD, Phase.SPARSE):
             order, inverse = perm
             q, k, v = (t.index_select(2, order) for t in (q, k, v))
@@ -263,7 +275,7 @@ class SparseController:
                 stats.replans[replan_reason] += 1
             with timer:
                 try:
-                    out = self._build(layer, key, geometry, q, k, v, scale, stats)
+                    out = self._build(layer, key, geometry, q, k, v, scale, stats, allowed)
                     if perm is not None:
                         out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
@@ -286,15 +298,19 @@ class SparseController:
         timer.add_to(stats, phase.value)
         return out
 
-    def _build(self, layer, key, geometry, q, k, v, scale, stats) -> torch.Tensor:
+    def _build(self, layer, key, geometry, q, k, v, scale, stats, allowed=None) -> torch.Tensor:
+        if allowed is not None and self.config.sparsed_selection:
+            raise SparseDiffusionError("sparsed_selection does not support masked (e.g. block-causal) attention")
         out, lse, mass = ops.dense_attention_with_stats(
-            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend)
+            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend), allowed=allowed
         )
         sq, sk = q.shape[2], k.shape[2]
         if self.config.sparsed_selection:
             mask = self._plan_sparsed(mass, q, k, v, scale)
         else:
-            mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq))
+            mask = plan_block_mask(
+                mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq), allowed=allowed
+            )
         build_kept = kept_mass(mass, mask)
         backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
@@ -303,7 +319,7 @@ class SparseController:
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason)
+        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason, allowed=allowed)
         stats.planned_density.append(density)
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
@@ -361,7 +377,8 @@ class SparseController:
             run["steps_run"] = len(seen)  # below total_steps when the call was interrupted
             run["sparse_steps"] = len(sparse)
             # steps after the warm-up in which no layer ran sparse (re-plans, break-even fallbacks, errors)
-            run["dense_fallback_steps"] = len({s for s in seen if s >= run["dense_steps"]} - sparse)
+            warmup = run["dense_steps"] if run["dense_steps"] is not None else len(seen)  # None: never resolved
+            run["dense_fallback_steps"] = len({s for s in seen if s >= warmup} - sparse)
             runs.append(run)
         return runs
 

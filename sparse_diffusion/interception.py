@@ -2,9 +2,11 @@
 
 Every diffusers processor ends in SDPA, directly (CogVideoX, SD3, Mochi) or through `dispatch_attention_fn` with the
 `native` backend (Wan, Flux, HunyuanVideo, LTX), so catching the call sees q/k/v after projections, norms and RoPE
-with no copied processor. A mask that only pads keys at the end, with one length for the batch, is honoured by
-cutting the keys to that length. Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk,
-autograd) pass through unchanged and are counted in the report.
+with no copied processor. A mask is honoured when it is exactly a tile pattern: keys masked for every query at the end
+are cut off (HunyuanVideo's text padding), and what remains must be whole tiles attended or masked (a block-causal
+mask over blocks that are multiples of the tiles, as LLaDA2 uses); the planner then keeps only allowed tiles. Calls
+the sparse path cannot honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are
+counted in the report.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from .block_mask import block_lengths, num_blocks
 
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -26,25 +30,52 @@ def bind_sdpa_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-def trailing_key_padding(mask: torch.Tensor, k: torch.Tensor) -> int | None:
-    """Valid key count when `mask` ([B or 1, 1, 1, Sk], bool or additive 0/-inf) masks only a run of keys at the
-    end, with one length for the whole batch (e.g. HunyuanVideo's text padding); otherwise None."""
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1):
-        return None
-    if mask.shape[-1] != k.shape[2]:
-        return None
-    row = mask[:, 0, 0]
-    if row.dtype == torch.bool:
-        valid = row
-    elif row.is_floating_point() and bool(((row == 0) | torch.isneginf(row)).all()):
-        valid = row == 0
+def block_pattern(
+    mask: torch.Tensor, seq_lengths: tuple[int, int], block_size: tuple[int, int]
+) -> tuple[int, torch.Tensor | None] | str:
+    """The exact tile form of a self-attention `attn_mask` ([B or 1, H or 1, Sq or 1, Sk], bool or additive with
+    only 0 and -inf / the dtype's min, as transformers writes them).
+
+    Returns `(length, allowed)`: keys past `length` are masked for every query (trailing padding, cut off), and
+    `allowed` is a bool tile table [B or 1, H or 1, QB, KB] over the kept keys (None when every pair attends), so the
+    mask equals "attend inside allowed tiles" (e.g. a block-causal mask whose blocks are multiples of the tiles).
+    Returns a reason string when the mask is not such a pattern (a real bias, tiles partly masked, a query that
+    attends no key); such calls run their original attention.
+    """
+    sq, sk = seq_lengths
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != sk or mask.shape[-2] not in (1, sq):
+        return "explicit attn_mask (not a [B, H, Sq, Sk] mask)"
+    if mask.dtype == torch.bool:
+        valid = mask
+    elif mask.is_floating_point():
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
+        if not bool(((mask == 0) | blocked).all()):
+            return "explicit attn_mask (an additive bias, not 0 / -inf)"
+        valid = ~blocked
     else:
-        return None
-    lengths = valid.sum(-1)
-    length = int(lengths[0])
-    if length == 0 or not bool((lengths == length).all()) or not bool(valid[:, :length].all()):
-        return None
-    return length
+        return f"explicit attn_mask (dtype {mask.dtype})"
+    used = valid.flatten(0, 2).any(0).nonzero()
+    if used.numel() == 0:
+        return "explicit attn_mask (no key attended)"
+    length = int(used.max()) + 1
+    valid = valid[..., :length]
+    if bool(valid.all()):
+        return length, None
+    bq, bk = block_size
+    rows = valid.shape[-2]
+    bq = bq if rows == sq else 1  # a mask broadcast over queries has one row of tiles
+    qb, kb = num_blocks(rows, bq), num_blocks(length, bk)
+    padded = F.pad(valid.to(torch.int32), (0, kb * bk - length, 0, qb * bq - rows))
+    counts = padded.unflatten(-1, (kb, bk)).unflatten(-3, (qb, bq)).sum((-3, -1))  # [.., QB, KB]
+    sizes = block_lengths(rows, bq, device=mask.device)[:, None] * block_lengths(length, bk, device=mask.device)
+    if not bool(((counts == 0) | (counts == sizes)).all()):
+        return f"explicit attn_mask (not aligned to {block_size[0]}x{bk} tiles)"
+    allowed = counts == sizes
+    if not bool(allowed.any(-1).all()):
+        return "explicit attn_mask (a query attends no key)"
+    if rows != sq:
+        allowed = allowed.expand(*allowed.shape[:2], num_blocks(sq, block_size[0]), kb)
+    return length, allowed
 
 
 def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | None:
@@ -89,17 +120,21 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.seen += 1
         call = bind_sdpa_args(args, kwargs)
-        length = None
+        length, allowed, reason = None, None, None
         q, k = call["query"], call["key"]
         self_attention = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == k.dim() == 4
         if call["attn_mask"] is not None and self_attention and q.shape[2] == k.shape[2]:  # never cross-attention
-            length = trailing_key_padding(call["attn_mask"], k)
-            if length is not None:  # masked trailing keys contribute nothing: drop them and the mask
+            pattern = block_pattern(call["attn_mask"], (q.shape[2], k.shape[2]), self.controller.config.block_size)
+            if isinstance(pattern, str):
+                reason = pattern
+            else:  # masked trailing keys contribute nothing: drop them; the tile table replaces the mask
+                length, allowed = pattern
                 call = dict(call, attn_mask=None, key=call["key"][:, :, :length], value=call["value"][:, :, :length])
-        reason = ineligible_reason(call, self.controller.config.block_size[1], trimmed=length is not None)
+        reason = reason or ineligible_reason(call, self.controller.config.block_size[1], trimmed=length is not None)
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)
         return self.controller.attention(
-            self.layer, call["query"], call["key"], call["value"], call["scale"], lambda: func(*args, **kwargs)
+            self.layer, call["query"], call["key"], call["value"], call["scale"], lambda: func(*args, **kwargs),
+            allowed=allowed,
         )

@@ -92,6 +92,21 @@ def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None
         )
 
 
+def _check_allowed(allowed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_size: tuple[int, int]) -> None:
+    b, h, sq = q.shape[:3]
+    want = (num_blocks(sq, block_size[0]), num_blocks(k.shape[2], block_size[1]))
+    if (
+        not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.dim() != 4
+        or allowed.shape[0] not in (1, b) or allowed.shape[1] not in (1, h) or tuple(allowed.shape[2:]) != want
+    ):
+        raise SparseDiffusionError(
+            f"allowed must be a bool tile table [B or 1, H or 1, QB, KB] = [{b} or 1, {h} or 1, {want[0]}, {want[1]}], "
+            f"got {getattr(allowed, 'dtype', type(allowed).__name__)} {tuple(getattr(allowed, 'shape', ()))}."
+        )
+    if not bool(allowed.any(-1).all()):
+        raise SparseDiffusionError("allowed has a query block with no allowed key tile; its rows would be empty.")
+
+
 def _scale(q: torch.Tensor, scale: float | None) -> float:
     if scale is None:
         return 1.0 / math.sqrt(q.shape[-1])
@@ -219,6 +234,7 @@ def dense_attention_with_stats(
     *,
     scale: float | None = None,
     backend: str = "auto",
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Dense attention that also returns the row LSE and the exact softmax mass of every tile (the build step).
 
@@ -226,6 +242,9 @@ def dense_attention_with_stats(
         q: [B, H, Sq, D]; k, v: [B, HK, Sk, D]; block_size: `(BLOCK_Q, BLOCK_K)` tokens (or one int).
         backend: `"triton"` uses the fused kernel; every other name uses the chunked PyTorch pass (`"reference"`: the
             float64 oracle).
+        allowed: bool tile table [B or 1, H or 1, QB, KB]: each query attends only the keys of its allowed tiles
+            (an attention mask in tile form, e.g. block-causal); masked tiles get mass 0. Served by the chunked
+            PyTorch pass (or the reference), not the Triton kernel. Every query block needs an allowed tile.
 
     Returns:
         `(out, lse, block_mass)`: out [B, H, Sq, D] in q's dtype; LSE float32 [B, H, Sq] (natural log); block_mass
@@ -233,7 +252,8 @@ def dense_attention_with_stats(
         sum to 1). Never materialises Sq x Sk at once (chunked over query blocks).
 
     Raises:
-        SparseDiffusionError: bad shapes/dtypes, or `backend="triton"` where Triton cannot serve.
+        SparseDiffusionError: bad shapes/dtypes, `allowed` not fitting, or `backend="triton"` where Triton cannot
+            serve (or with `allowed`).
     """
     check_qkv(q, k, v)
     bs = normalize_block_size(block_size, multiple=1)
@@ -241,6 +261,14 @@ def dense_attention_with_stats(
         raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
     q, k, v = _last_dim_contiguous(q, k, v)
     s = _scale(q, scale)
+    if allowed is not None:
+        _check_allowed(allowed, q, k, bs)
+        if backend == "triton":
+            raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
+        if backend == "reference":
+            out, lse, mass = reference.dense_attention_with_stats_reference(q, k, v, bs, scale=s, allowed=allowed)
+            return out.to(q.dtype), lse, mass
+        return backends.chunked_dense_with_stats(q, k, v, bs, s, allowed=allowed)
     if backend == "triton" or (backend == "auto" and q.device.type == "cuda" and not _triton_reasons(q, True, bs)):
         reasons = _triton_reasons(q, True, bs)
         if reasons:

@@ -55,6 +55,7 @@ def plan_block_mask(
     *,
     dense_token_ranges: list[tuple[int, int]] = (),
     keep_diagonal: bool = True,
+    allowed: torch.Tensor | None = None,
 ) -> BlockSparseMask:
     """Choose kept key blocks per (batch, head, query block) from the exact tile mass.
 
@@ -64,6 +65,8 @@ def plan_block_mask(
             `ceil(topk_ratio * KB)` largest), clamped to [`min_kv_blocks`, `ceil(max_density * KB)`]; then the
             forced tiles (diagonal, `dense_token_ranges` rows and columns) are added.
         seq_lengths: `(Sq, Sk)` in tokens.
+        allowed: bool [B or 1, H or 1, QB, KB], the call's attention mask in tile form: the result keeps only allowed
+            tiles (forced ones included).
 
     Returns:
         `BlockSparseMask` with `config.block_size`, B and H of `block_mass`.
@@ -93,6 +96,8 @@ def plan_block_mask(
     chosen_sorted = rank < keep[..., None]
     chosen = torch.zeros_like(chosen_sorted).scatter_(-1, order, chosen_sorted)
     chosen |= forced_blocks(config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device)
+    if allowed is not None:
+        chosen &= allowed.to(chosen.device)
     return BlockSparseMask.from_dense(chosen, config.block_size, tuple(seq_lengths))
 
 

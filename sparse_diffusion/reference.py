@@ -90,11 +90,17 @@ def dense_attention_with_stats_reference(
     *,
     scale: float | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dense attention plus the exact per-tile mass: (out [B, H, Sq, D], LSE float32 [B, H, Sq], mass float32 [B, H, QB, KB])."""
+    """Dense attention plus the exact per-tile mass: (out [B, H, Sq, D], LSE float32 [B, H, Sq], mass float32 [B, H, QB, KB]).
+    `allowed` (bool [B or 1, H or 1, QB, KB]): each query attends only the keys of its allowed tiles."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qc, kc, vc = (t.to(compute_dtype) for t in (q, _expand_kv(q, k), _expand_kv(q, v)))
     scores = (qc @ kc.transpose(-1, -2)) * scale
+    if allowed is not None:
+        bq, bk = block_size
+        tokens = allowed.repeat_interleave(bq, -2).repeat_interleave(bk, -1)[..., : q.shape[2], : k.shape[2]]
+        scores = scores.masked_fill(~tokens, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse[..., None])
     mass = block_mass_from_probs(probs, block_size, (q.shape[2], k.shape[2]))

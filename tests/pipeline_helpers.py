@@ -17,15 +17,17 @@ def spy_attention(handle) -> list:
     controller = handle.controller
     original = controller.attention
 
-    def attention(layer, q, k, v, scale, dense_fn):
+    def attention(layer, q, k, v, scale, dense_fn, **kwargs):
         calls.append((controller.step, controller.context, layer, tuple(q.shape), controller.text_len, v))
-        return original(layer, q, k, v, scale, dense_fn)
+        return original(layer, q, k, v, scale, dense_fn, **kwargs)
 
     controller.attention = attention
     return calls
 
 
-def assert_all_passed_through(report: dict, layers, count: int, reason: str = "explicit attn_mask") -> None:
+def assert_all_passed_through(
+    report: dict, layers, count: int, reason: str = "explicit attn_mask (not aligned to 16x16 tiles)"
+) -> None:
     """No call ran dense/build/sparse: every listed layer passed `count` calls through unchanged for `reason`."""
     assert report["calls"] == {"dense": 0, "build": 0, "sparse": 0, "fallback": 0}
     assert {(p["layer"], p["reason"], p["count"]) for p in report["passthrough"]} == {
