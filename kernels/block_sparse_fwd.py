@@ -2,8 +2,9 @@
 
 One program per (query block, batch x head). It loops over that row's `kv_indices` and keeps an online softmax
 in float32 with base-2 exponentials (`qk_scale` carries `log2(e)`); the LSE is converted to natural log on
-store. Partial tail blocks are masked on both axes; query head h reads K/V head h // GROUPS (GQA, no repeat);
-an empty row writes 0 and LSE -inf. Tiles equal the mask's block size. Plain pointer arithmetic (no
+store. Partial tail blocks are masked on both axes; keys at or past the batch element's valid length
+`SeqLensK[b]` (<= SEQ_K) are masked and kept blocks entirely past it are skipped; query head h reads K/V head
+h // GROUPS (GQA, no repeat); a row with no valid kept key writes 0 and LSE -inf. Tiles equal the mask's block size. Plain pointer arithmetic (no
 `make_block_ptr`), Triton 3.6-3.9.
 """
 
@@ -82,7 +83,7 @@ def _store_out_lse(
 
 @triton.jit
 def _block_sparse_fwd_kernel(
-    Q, K, V, Out, Lse, KvNum, KvIdx,  #
+    Q, K, V, Out, Lse, KvNum, KvIdx, SeqLensK,  #
     stride_qz, stride_qh, stride_qm, stride_qk,  #
     stride_kz, stride_kh, stride_kn, stride_kk,  #
     stride_vz, stride_vh, stride_vn, stride_vk,  #
@@ -110,13 +111,16 @@ def _block_sparse_fwd_kernel(
     l_i = tl.zeros([BLOCK_Q], dtype=tl.float32)
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
 
+    seq_k = tl.minimum(tl.load(SeqLensK + off_b), SEQ_K)  # this batch element's valid keys
     count = tl.load(KvNum + off_b * stride_nz + off_h * stride_nh + pid_q * stride_nm)
     idx_base = KvIdx + off_b * stride_iz + off_h * stride_ih + pid_q * stride_im
     for i in range(0, count):
-        offs_kn = tl.load(idx_base + i * stride_ik) * BLOCK_K + offs_n
-        k = _load_cols(k_base, offs_kn, offs_d, stride_kn, stride_kk, SEQ_K, HEAD_D, DOT_F32)
-        v = _load_rows(v_base, offs_kn, offs_d, stride_vn, stride_vk, SEQ_K, HEAD_D, DOT_F32)
-        m_i, l_i, acc = _online_block(q, k, v, offs_kn, m_i, l_i, acc, SEQ_K, qk_scale, IEEE)
+        start = tl.load(idx_base + i * stride_ik) * BLOCK_K
+        if start < seq_k:  # a block entirely past the valid keys would leave the running max at -inf
+            offs_kn = start + offs_n
+            k = _load_cols(k_base, offs_kn, offs_d, stride_kn, stride_kk, seq_k, HEAD_D, DOT_F32)
+            v = _load_rows(v_base, offs_kn, offs_d, stride_vn, stride_vk, seq_k, HEAD_D, DOT_F32)
+            m_i, l_i, acc = _online_block(q, k, v, offs_kn, m_i, l_i, acc, seq_k, qk_scale, IEEE)
 
     _store_out_lse(
         Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d,

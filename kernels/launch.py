@@ -118,7 +118,7 @@ def _strides(t: torch.Tensor) -> tuple:
     return tuple(t.stride())
 
 
-def _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, block_q: int, block_k: int, scale: float):
+def _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q: int, block_k: int, scale: float):
     kernel, _ = _kernels()
     b, h, sq, d = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -126,14 +126,14 @@ def _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, block_q: int, block_k
     num, idx = kv_num_blocks.expand(b, h, -1), kv_indices.expand(b, h, -1, -1)
     grid = (math.ceil(sq / block_q), b * h)
     kernel[grid](
-        q, k, v, out, lse, num, idx,
+        q, k, v, out, lse, num, idx, seq_lens_k,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse), *_strides(num), *_strides(idx),
         BLOCK_Q=block_q, BLOCK_K=block_k, **_common(q, k, scale),
     )
     return out, lse
 
 
-def _dense_stats_impl(q, k, v, block_q: int, block_k: int, scale: float):
+def _dense_stats_impl(q, k, v, seq_lens_k, block_q: int, block_k: int, scale: float):
     _, kernel = _kernels()
     b, h, sq, d = q.shape
     sk = k.shape[2]
@@ -143,7 +143,7 @@ def _dense_stats_impl(q, k, v, block_q: int, block_k: int, scale: float):
     mass = torch.empty(b, h, math.ceil(sq / block_q), num_kb, dtype=torch.float32, device=q.device)
     grid = (math.ceil(sq / block_q), b * h)
     kernel[grid](
-        q, k, v, out, lse, mass,
+        q, k, v, out, lse, mass, seq_lens_k,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse), *_strides(mass),
         NUM_KB=num_kb, BLOCK_Q=block_q, BLOCK_K=block_k, **_common(q, k, scale),
     )
@@ -153,27 +153,30 @@ def _dense_stats_impl(q, k, v, block_q: int, block_k: int, scale: float):
 @torch.library.custom_op("sparse_diffusion::block_sparse_fwd", mutates_args=())
 def block_sparse_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
-    block_q: int, block_k: int, scale: float,
+    seq_lens_k: torch.Tensor, block_q: int, block_k: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Custom op: block-sparse forward; (out [B, H, Sq, D] in q's dtype, LSE float32 [B, H, Sq])."""
-    return _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, block_q, block_k, scale)
+    """Custom op: block-sparse forward with valid keys `seq_lens_k` int32 [B]; (out [B, H, Sq, D] in q's dtype, LSE
+    float32 [B, H, Sq])."""
+    return _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q, block_k, scale)
 
 
 @block_sparse_fwd.register_fake
-def _(q, k, v, kv_num_blocks, kv_indices, block_q, block_k, scale):
+def _(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q, block_k, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("sparse_diffusion::dense_fwd_stats", mutates_args=())
 def dense_fwd_stats(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens_k: torch.Tensor, block_q: int, block_k: int,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Custom op: dense forward with (out, LSE float32 [B, H, Sq], block mass float32 [B, H, QB, KB])."""
-    return _dense_stats_impl(q, k, v, block_q, block_k, scale)
+    """Custom op: dense forward with valid keys `seq_lens_k` int32 [B]; (out, LSE float32 [B, H, Sq], block mass
+    float32 [B, H, QB, KB])."""
+    return _dense_stats_impl(q, k, v, seq_lens_k, block_q, block_k, scale)
 
 
 @dense_fwd_stats.register_fake
-def _(q, k, v, block_q, block_k, scale):
+def _(q, k, v, seq_lens_k, block_q, block_k, scale):
     b, h, sq, _ = q.shape
     qb, kb = -(-sq // block_q), -(-k.shape[2] // block_k)
     return torch.empty_like(q), q.new_empty((b, h, sq), dtype=torch.float32), q.new_empty((b, h, qb, kb), dtype=torch.float32)
@@ -185,15 +188,25 @@ def _check(q: torch.Tensor, block_size: tuple[int, int]) -> None:
         raise SparseDiffusionError(f"the Triton kernels cannot serve this call: {'; '.join(reasons)}.")
 
 
-def block_sparse_attention(q, k, v, mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the block-sparse kernel (inputs already validated by `ops`); tiles = `mask.block_size`."""
+def _seq_lens(q: torch.Tensor, k: torch.Tensor, seq_lens_k: torch.Tensor | None) -> torch.Tensor:
+    """Valid keys per batch element, int32 [B] on q's device (all Sk when None)."""
+    if seq_lens_k is None:
+        return torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
+    return seq_lens_k.to(device=q.device, dtype=torch.int32).contiguous()
+
+
+def block_sparse_attention(q, k, v, mask, scale: float, seq_lens_k=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the block-sparse kernel (inputs already validated by `ops`); tiles = `mask.block_size`; `seq_lens_k`
+    int32 [B] or None (all keys valid)."""
     _check(q, mask.block_size)
     num = mask.kv_num_blocks.to(device=q.device, dtype=torch.int32)
     idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
-    return block_sparse_fwd(q, k, v, num, idx, mask.block_size[0], mask.block_size[1], float(scale))
+    lens = _seq_lens(q, k, seq_lens_k)
+    return block_sparse_fwd(q, k, v, num, idx, lens, mask.block_size[0], mask.block_size[1], float(scale))
 
 
-def dense_attention_with_stats(q, k, v, block_size: tuple[int, int], scale: float):
-    """Launch the dense-with-mass kernel; tiles = `block_size`."""
+def dense_attention_with_stats(q, k, v, block_size: tuple[int, int], scale: float, seq_lens_k=None):
+    """Launch the dense-with-mass kernel; tiles = `block_size`; `seq_lens_k` int32 [B] or None."""
     _check(q, block_size)
-    return dense_fwd_stats(q, k, v, int(block_size[0]), int(block_size[1]), float(scale))
+    lens = _seq_lens(q, k, seq_lens_k)
+    return dense_fwd_stats(q, k, v, lens, int(block_size[0]), int(block_size[1]), float(scale))

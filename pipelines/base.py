@@ -28,8 +28,13 @@ class Adapter:
         token_layout: one line for the README / report on what is accelerated and what stays dense.
         match_attention_classes: select modules by diffusers attention class instead of `self_attention`
             (outermost attention modules only).
-        video_grid: the self-attention sequence is exactly the video tokens in raster order (frame, row, column),
-            read from `hidden_states` [B, C, F, H, W] and the denoiser's `patch_size`; enables token tiling.
+        video_grid: the self-attention sequence holds the video tokens in raster order (frame, row, column), read
+            from `hidden_states` [B, C, F, H, W] and the denoiser's `patch_size`, plus the joint text tokens (if any)
+            at `text_position`; a call's text length is then its length minus the video tokens. Enables token tiling
+            for calls without text.
+        temporal_patch: an int `patch_size` also patches time (False: 2-D patches per latent frame, Mochi).
+        increasing_timesteps: the scheduler's timesteps go up during a call (Mochi); `accelerate_model` then starts a
+            new call when the timestep goes down.
         step_source: `"timestep"`: steps are counted from the timestep argument's progression (diffusion
             denoisers); `"forward"`: every denoiser forward is one step (diffusion LMs have no timestep) and the
             call's step count comes from `begin_call` (the DLM sampler opens one) or `num_inference_steps`.
@@ -51,6 +56,8 @@ class Adapter:
     token_layout: str = ""
     match_attention_classes: bool = False
     video_grid: bool = False
+    temporal_patch: bool = True
+    increasing_timesteps: bool = False
     step_source: str = "timestep"
     steps_attribute: str | None = None
     call_marker: str = "progress_bar"
@@ -122,5 +129,8 @@ class Adapter:
         patch = getattr(getattr(module, "config", None), "patch_size", None)
         if not isinstance(hidden, torch.Tensor) or hidden.dim() != 5 or patch is None:
             return None
-        pt, ph, pw = (patch, patch, patch) if isinstance(patch, int) else tuple(patch)
+        if isinstance(patch, int):
+            pt, ph, pw = (patch if self.temporal_patch else 1), patch, patch
+        else:
+            pt, ph, pw = tuple(patch)
         return hidden.shape[2] // pt, hidden.shape[3] // ph, hidden.shape[4] // pw

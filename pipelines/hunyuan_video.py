@@ -9,6 +9,8 @@ the text length is the transformer's `encoder_hidden_states` length (the `contex
 the Llama prompt tokens after the pipeline crops its template prefix (`crop_start`), padded to
 `max_sequence_length` (256 by default). The transformer turns `encoder_attention_mask` into a joint key mask
 `[B, 1, 1, N]` that masks the text padding at the END of the joint sequence; every joint attention call carries it.
+The interception cuts the keys to the longest valid length; with prompts of different lengths the shorter ones run
+with their own valid key counts (`seq_lens_k`).
 """
 
 from .base import Adapter
@@ -21,6 +23,7 @@ HUNYUAN_VIDEO = Adapter(
     text_position="last",
     token_layout=(
         "[video | text] joint attention in double- and single-stream blocks, text LAST (Llama tokens padded to "
-        "max_sequence_length; the padding is masked at the end of the sequence); text rows and columns dense"
+        "max_sequence_length; the padding is masked at the end of the sequence, per sample); text rows and columns "
+        "dense"
     ),
 )

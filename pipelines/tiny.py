@@ -43,6 +43,10 @@ Qwen-Image 256x256         prompt words + 5 text, then 16*16 = 256 image,   ~14 
                            text FIRST; true CFG = two B=1 passes (cond,     3 steps with decode ~0.17 s
                            uncond), each with its own text length
 Qwen-Image 512x512         text + 32*32 = 1024 image tokens                 ~42 ms/step; decode ~0.6 s
+Mochi 128x128, 13 frames   3*8*8 = 192 video + each sample's VALID text     ~80 ms/step; 3 steps with
+                           tokens, text LAST; one attention call per batch  decode ~1.8 s (the VAE needs
+                           element (CFG batched, B=2: 192 + 1 uncond,       32 channels per level)
+                           192 + prompt words + 1 cond)
 =========================  ===============================================  ===========================
 
 The first build in a process pays ~2-3 s of diffusers/transformers imports and the first call
@@ -65,11 +69,15 @@ transformer patchifies 2x2, so an image token covers 2x2 pixels; SD3's text is t
 time and space and the transformer patch is 1x1x1, so a video token covers 4x4 pixels of 4 frames. The Qwen-Image
 VAE compresses 8x and the pipeline packs 2x2 latents, so an image token covers 16x16 pixels; its text is the
 prompt's words plus 5 chat-template tokens (the 34-token system prefix is dropped), FIRST in the joint sequence.
+The Mochi pipeline fixes 6x temporal and 8x spatial VAE compression and the transformer patchifies 2x2 per frame,
+so a video token covers 16x16 pixels of 6 frames; Mochi needs at least 2 denoising steps (its sigma schedule
+divides by ``steps - 1``).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -206,7 +214,7 @@ def _apply_locality_prior(transformer: torch.nn.Module, sharpness: float, seed: 
 
 def _mark(pipe, weights: str = "random"):
     pipe._sparse_diffusion_weights = weights
-    logger.debug("built tiny %s with random weights", type(pipe).__name__)
+    logger.debug("built tiny %s with %s weights", type(pipe).__name__, weights)
     return pipe
 
 
@@ -688,7 +696,44 @@ def build_tiny_hunyuan_video_pipeline(
     return _mark(pipe)
 
 
-#: Builder per pipeline kind, for the CLI and the tests.
+def build_tiny_mochi_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
+    """Builds a random-weight ``diffusers.MochiPipeline`` (Mochi 1 layout), offline, on CPU, fp32.
+
+    Transformer: ``MochiTransformer3DModel`` with 2x2 spatial patches (none over time), ``num_heads`` x
+    ``head_dim``, ``num_layers`` blocks (the last one ``context_pre_only``), RMS q/k norm, 3-D RoPE, 12 latent
+    channels, text dim 32, context stream dim 32. VAE: tiny ``AutoencoderKLMochi`` (32 channels per level: its
+    group norms use 32 groups; 6x temporal, 8x spatial, as the released one). Text encoder: tiny ``T5EncoderModel``.
+    Scheduler: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``, so the timesteps go up during a call, as in
+    the released model. CFG is batched (B = 2: uncond, cond).
+
+    Joint attention ``attn1`` runs ONE call per batch element over ``((F - 1) // 6 + 1) * (H // 16) * (W // 16)``
+    video tokens followed by that element's valid text tokens only (prompt words + ``</s>``; the empty negative
+    prompt has 1). H and W must be multiples of 16. Example: 128x128, 13 frames, prompt "a red circle moving left"
+    -> 3*8*8 = 192 video tokens + 6 (cond) or 1 (uncond) text tokens.
+
+    Raises:
+        SparseDiffusionError: a size is not a positive int, ``head_dim`` is odd, or ``seed`` is not an int.
+    """
+    _check_sizes("build_tiny_mochi_pipeline", num_layers, num_heads, head_dim, seed)
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
+
+    with torch.random.fork_rng(devices=[]):
+        transformer = _seeded(seed, 1, lambda: MochiTransformer3DModel(
+            patch_size=2, num_attention_heads=num_heads, attention_head_dim=head_dim, num_layers=num_layers,
+            pooled_projection_dim=_TEXT_DIM, in_channels=12, text_embed_dim=_TEXT_DIM, time_embed_dim=_TEXT_DIM,
+        ))
+        vae = _seeded(seed, 2, lambda: AutoencoderKLMochi(
+            latent_channels=12, out_channels=3, encoder_block_out_channels=(32,) * 4,
+            decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5,
+        ))
+        text_encoder = _t5_encoder(seed, 3)
+    pipe = MochiPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(invert_sigmas=True), vae=vae, text_encoder=text_encoder,
+        tokenizer=_t5_tokenizer(), transformer=transformer,
+    )
+    return _mark(pipe)
+
+
 def build_tiny_wan_i2v_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
     """Builds a random-weight ``diffusers.WanImageToVideoPipeline`` (Wan 2.1 I2V layout), offline, on CPU, fp32.
 
@@ -724,6 +769,7 @@ def build_tiny_wan_i2v_pipeline(*, num_layers: int = 2, num_heads: int = 2, head
     return _mark(pipe)
 
 
+#: Builder per pipeline kind, for the CLI and the tests.
 TINY_BUILDERS: dict[str, Callable] = {
     "wan": build_tiny_wan_pipeline,
     "wan_i2v": build_tiny_wan_i2v_pipeline,
@@ -733,4 +779,34 @@ TINY_BUILDERS: dict[str, Callable] = {
     "ltx": build_tiny_ltx_pipeline,
     "qwenimage": build_tiny_qwenimage_pipeline,
     "hunyuan_video": build_tiny_hunyuan_video_pipeline,
+    "mochi": build_tiny_mochi_pipeline,
 }
+
+
+#: Folder of the project-trained tiny Wan model (diffusers `save_pretrained` layout, fp16 safetensors).
+TRAINED_WAN_DIR = Path(__file__).resolve().parent / "weights" / "tiny_wan_shapes"
+TRAINED_WAN_WEIGHTS = "trained: tiny-wan-shapes (project-trained on procedural moving shapes, see its MODEL_CARD.md)"
+
+
+def load_trained_tiny_wan_pipeline(*, dtype: torch.dtype = torch.float32):
+    """Loads the project-trained tiny Wan 2.1-style text-to-video pipeline shipped with the package, offline.
+
+    ``diffusers.WanPipeline``: ``WanTransformer3DModel`` (4 layers, 4 heads of 64, patch 1x1x1, 8 latent
+    channels), a trained ``AutoencoderKLWan`` (8x space, 4x time), the tiny UMT5 text encoder of this module and
+    ``UniPCMultistepScheduler`` (flow, shift 3). Trained by ``scripts/train_tiny_video.py`` on 128x128 clips of 33
+    frames (9*16*16 = 2304 video tokens per self-attention call) of one shape moving in a straight line; prompts
+    look like ``"a red circle moving left"`` (``pipelines.shapes.all_prompts()``). Weights are stored in fp16 and
+    loaded as ``dtype``. ``pipe._sparse_diffusion_weights`` reads ``TRAINED_WAN_WEIGHTS``.
+
+    Raises:
+        SparseDiffusionError: the weight folder is missing (e.g. a source checkout without ``pipelines/weights``).
+    """
+    from diffusers import WanPipeline
+
+    if not (TRAINED_WAN_DIR / "model_index.json").is_file():
+        raise SparseDiffusionError(
+            f"the trained tiny Wan model is missing at {TRAINED_WAN_DIR}; reinstall the package or retrain it with "
+            "`python scripts/train_tiny_video.py --out pipelines/weights/tiny_wan_shapes`."
+        )
+    pipe = WanPipeline.from_pretrained(str(TRAINED_WAN_DIR), torch_dtype=dtype, local_files_only=True)
+    return _mark(pipe, TRAINED_WAN_WEIGHTS)

@@ -245,6 +245,7 @@ def _accelerate(
         restart_on_timestep_increase=restart,
         text_position=adapter.text_position,
         step_per_forward=per_forward,
+        increasing_timesteps=adapter.increasing_timesteps,
     )
     torch_hooks = {c: install_hooks(d, controller, adapter, layers[c]) for c, d in denoisers.items()}
     handle = SparseHandle(denoisers, controller, adapter, torch_hooks, pipe)
@@ -261,9 +262,10 @@ def accelerate_pipeline(
 
     Args:
         pipe: a diffusers pipeline with a supported denoiser in `pipe.transformer` (Wan, CogVideoX, Flux, SD3, LTX,
-            Qwen-Image; see the README table; Wan 2.2's `transformer_2` is accelerated too, with its own plans) and
-            a scheduler whose `timesteps` give the number of denoising steps; or a diffusion-LM pipeline with its LM
-            in `pipe.model` (`LLaDA2Pipeline`: one step per forward, `pipe.num_timesteps` steps per call).
+            Qwen-Image, HunyuanVideo, Mochi; see the README table; Wan 2.2's `transformer_2` is accelerated too, with
+            its own plans) and a scheduler whose `timesteps` give the number of denoising steps; or a diffusion-LM
+            pipeline with its LM in `pipe.model` (`LLaDA2Pipeline`: one step per forward, `pipe.num_timesteps` steps
+            per call).
         config: `SparseAttentionConfig`; default settings when `None`.
         adapter: adapter name or instance; looked up from the denoiser class when `None`. `"generic"` accelerates
             every square, unmasked self-attention call of an unknown model.

@@ -42,18 +42,26 @@ def _attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return out.to(q.dtype), lse.float()
 
 
-def gather_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
+def gather_reasons(
+    q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None, varlen: bool = False
+) -> list[str]:
     return []
 
 
 def gather_block_sparse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    scale: float,
+    seq_lens_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather each row's kept K/V blocks and run dense attention on them; no compile, any device.
 
-    Rows (batch, head, query block) are grouped by kept-block count, so every attention call is mask-free; the
-    partial tail key block, when kept, is the last gathered block and its padding is sliced off. GQA indexes the
-    K/V head `h // (H / HK)` without repeating K/V.
+    Kept blocks are gathered in ascending order, so a row's valid keys (below Sk, or below `seq_lens_k[b]`, int32
+    [B]) form a prefix of its gathered keys: rows (batch, head, query block) are grouped by (kept-block count, valid
+    prefix length) and each group runs one mask-free attention call on that prefix. Rows with no valid key give
+    output 0 and LSE -inf. GQA indexes the K/V head `h // (H / HK)` without repeating K/V.
     """
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]
@@ -67,25 +75,25 @@ def gather_block_sparse(
     counts = mask.kv_num_blocks.to(q.device).expand(b, h, qb).reshape(-1).long()
     width = mask.kv_indices.shape[-1]
     indices = mask.kv_indices.to(q.device).expand(b, h, qb, width).reshape(-1, width).long()
-    tail_pad = kb * bk - sk
-    last_kept = indices.gather(1, (counts - 1).clamp_min(0)[:, None])[:, 0]
-    has_tail = (counts > 0) & (last_kept == kb - 1) & (tail_pad > 0)
-    group_key = counts * 2 + has_tail.long()
+    lens = torch.full((b,), sk, device=q.device) if seq_lens_k is None else seq_lens_k.to(q.device).long()
+    row_len = lens.repeat_interleave(h * qb)[:, None]
+    kept = torch.arange(width, device=q.device) < counts[:, None]
+    valid = torch.where(kept, (row_len - indices * bk).clamp(0, bk), 0).sum(1)  # valid prefix of gathered keys
+    pairs = torch.stack([counts, valid], 1)
 
     out = q.new_zeros(b * h * qb, bq, dv)
     lse = torch.full((b * h * qb, bq), float("-inf"), dtype=torch.float32, device=q.device)
-    for key in torch.unique(group_key[counts > 0]).tolist():
-        c, tail = key // 2, key % 2
-        rows = torch.nonzero(group_key == key).flatten()
-        keep_len = c * bk - (tail_pad if tail else 0)
-        step = max(1, _GATHER_CHUNK_BYTES // max(1, c * bk * (d + dv) * k.element_size()))
+    for c, keep_len in torch.unique(pairs[valid > 0], dim=0).tolist():
+        rows = torch.nonzero((counts == c) & (valid == keep_len)).flatten()
+        n = num_blocks(keep_len, bk)  # the first n gathered blocks hold the valid prefix
+        step = max(1, _GATHER_CHUNK_BYTES // max(1, n * bk * (d + dv) * k.element_size()))
         for start in range(0, rows.numel(), step):
             r = rows[start : start + step]
             bi, hi, qi = r // (h * qb), (r // qb) % h, r % qb
-            sel = indices[r, :c]
+            sel = indices[r, :n]
             kvh = (hi // groups)[:, None]
-            kg = k_blocks[bi[:, None], kvh, sel].reshape(r.numel(), 1, c * bk, d)[:, :, :keep_len]
-            vg = v_blocks[bi[:, None], kvh, sel].reshape(r.numel(), 1, c * bk, dv)[:, :, :keep_len]
+            kg = k_blocks[bi[:, None], kvh, sel].reshape(r.numel(), 1, n * bk, d)[:, :, :keep_len]
+            vg = v_blocks[bi[:, None], kvh, sel].reshape(r.numel(), 1, n * bk, dv)[:, :, :keep_len]
             o, l = _attend_with_lse(q_blocks[bi, hi, qi][:, None], kg, vg, scale)
             out[r] = o[:, 0]
             lse[r] = l[:, 0]
@@ -96,8 +104,12 @@ def gather_block_sparse(
 _compiled_flex = None
 
 
-def flex_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
+def flex_reasons(
+    q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None, varlen: bool = False
+) -> list[str]:
     reasons = []
+    if varlen:
+        reasons.append("the flex backend does not take per-batch key lengths (seq_lens_k)")
     try:
         from torch.nn.attention.flex_attention import BlockMask  # noqa: F401
     except ImportError:  # pragma: no cover - old torch
@@ -159,6 +171,36 @@ def tile_token_mask(allowed: torch.Tensor, block_size: tuple[int, int], rows: to
 
 
 def chunked_dense_with_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_size: tuple[int, int],
+    scale: float,
+    seq_lens_k: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact dense attention, LSE and per-tile mass (see `_chunked_dense_with_stats`). With `seq_lens_k` (int32 [B])
+    the batch elements of each valid length run together on their keys cut to that length; tiles past it get mass
+    0. `allowed` (bool tile table [B or 1, H or 1, QB, KB]) restricts every query to the keys of its allowed tiles."""
+    if seq_lens_k is None:
+        return _chunked_dense_with_stats(q, k, v, block_size, scale, allowed)
+    b, h, sq = q.shape[:3]
+    lengths = seq_lens_k.tolist()
+    out = torch.empty(b, h, sq, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    mass = torch.zeros(b, h, num_blocks(sq, block_size[0]), num_blocks(k.shape[2], block_size[1]), device=q.device)
+    for length in sorted(set(lengths)):
+        idx = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=q.device)
+        tiles = None
+        if allowed is not None:
+            tiles = (allowed[idx] if allowed.shape[0] > 1 else allowed)[..., : num_blocks(length, block_size[1])]
+        o, l, m = _chunked_dense_with_stats(q[idx], k[idx, :, :length], v[idx, :, :length], block_size, scale, tiles)
+        out[idx], lse[idx] = o, l
+        mass[idx, :, :, : m.shape[-1]] = m
+    return out, lse, mass
+
+
+def _chunked_dense_with_stats(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: tuple[int, int], scale: float,
     allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""`sparse-diffusion` command line: demo, generate, compare, bench attention."""
+"""`sparse-diffusion` command line: demo, generate, compare, bench attention, bench quality."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
 
 
-DEMO_PROMPT = "a red circle moving left on a blue background"
+DEMO_PROMPT = "a red circle moving left"
 
 
 def _load_config(text: str | None) -> SparseAttentionConfig:
@@ -67,27 +67,41 @@ def _prepare_cpu_kernel() -> None:
 
 
 def cmd_demo(args) -> int:
-    from .pipelines.tiny import build_tiny_wan_pipeline
     from .runs import call_kwargs, paired_run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _prepare_cpu_kernel()
-    pipe = build_tiny_wan_pipeline(num_heads=4, seed=args.seed, locality=args.locality or None)
+    if args.weights == "trained":
+        from .pipelines.tiny import load_trained_tiny_wan_pipeline
+
+        pipe = load_trained_tiny_wan_pipeline()
+        size, guidance = 128, 5.0
+        extra = {
+            "demo": "project-trained tiny Wan 2.1-style text-to-video model (WanPipeline, 4 layers, 4 heads, head_dim "
+            "64, trained VAE) loaded offline from the package",
+            "weights_note": "trained on procedural clips of one coloured shape moving in a straight line; see "
+            "pipelines/weights/tiny_wan_shapes/MODEL_CARD.md",
+        }
+    else:
+        from .pipelines.tiny import build_tiny_wan_pipeline
+
+        pipe = build_tiny_wan_pipeline(num_heads=4, seed=args.seed, locality=args.locality or None)
+        size, guidance = 384, 5.0
+        extra = {
+            "demo": "tiny Wan 2.1-style pipeline (WanPipeline, 2 layers, 4 heads, head_dim 64) built offline",
+            "weights_note": "random weights"
+            + (
+                f" with a locality prior (shared q/k bias, q/k norm x{args.locality}) so that attention concentrates "
+                "on space-time neighbours as in trained video models"
+                if args.locality
+                else ": attention is close to uniform, so masks keep most blocks"
+            )
+            + "; quality and speed-up are not those of a trained model",
+        }
     kwargs = call_kwargs(
-        pipe, prompt=args.prompt, steps=args.steps, height=args.height, width=args.width, frames=args.frames,
-        guidance_scale=5.0,
+        pipe, prompt=args.prompt, steps=args.steps, height=args.height or size, width=args.width or size,
+        frames=args.frames, guidance_scale=guidance,
     )
-    extra = {
-        "demo": "tiny Wan 2.1-style pipeline (WanPipeline, 2 layers, 4 heads, head_dim 64) built offline",
-        "weights_note": "random weights"
-        + (
-            f" with a locality prior (shared q/k bias, q/k norm x{args.locality}) so that attention concentrates on "
-            "space-time neighbours as in trained video models"
-            if args.locality
-            else ": attention is close to uniform, so masks keep most blocks"
-        )
-        + "; quality and speed-up are not those of a trained model",
-    }
     report = paired_run(pipe, kwargs, _load_config(args.config), args.seed, Path(args.out), extra=extra)
     _print_paired(report, Path(args.out))
     return 0
@@ -166,6 +180,43 @@ def cmd_bench_attention(args) -> int:
     return 0
 
 
+def cmd_bench_quality(args) -> int:
+    from .pipelines import shapes
+    from .pipelines.tiny import load_trained_tiny_wan_pipeline
+    from .quality_curve import DEFAULT_POINTS, QUICK_POINTS, plot_curve, run_quality_curve
+    from .runs import call_kwargs
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _prepare_cpu_kernel()
+    base = _load_config(args.config)
+    pipe = load_trained_tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    prompts = args.prompt or shapes.QUALITY_PROMPTS[: args.num_prompts]
+    calls = [
+        call_kwargs(pipe, prompt=p, steps=args.steps, height=args.size, width=args.size, frames=args.frames,
+                    guidance_scale=5.0)
+        for p in prompts
+    ]
+    seeds = [args.seed + i for i in range(len(calls))]
+    result = run_quality_curve(pipe, calls, seeds, QUICK_POINTS if args.quick else DEFAULT_POINTS, base=base)
+    result["setup"] = {
+        "model": pipe._sparse_diffusion_weights, "prompts": prompts, "seeds": seeds, "steps": args.steps,
+        "size": [args.frames, args.size, args.size], "base_config": base.to_dict(),
+        "timing_note": "one run per point and prompt; wall times on a shared CPU vary with machine load",
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality_curve.json").write_text(json.dumps(result, indent=2))
+    plot_curve(result, out / "quality_curve.png", title=f"tiny-wan-shapes, {args.frames}x{args.size}x{args.size}, "
+               f"{args.steps} steps, {len(prompts)} prompts")
+    print(f"{'point':48s} {'density':>8s} {'PSNR':>7s} {'min':>6s} {'SSIM':>6s} {'e2e':>6s} {'attn':>6s}")
+    for row in result["points"]:
+        print(f"{row['label']:48s} {row['density'] or 0:8.3f} {row['mean_psnr']:7.2f} {row['min_psnr']:6.2f} "
+              f"{row['mean_ssim']:6.4f} {row['speedup']:5.2f}x {row['attention_speedup'] or 0:5.2f}x")
+    print(f"wrote {out / 'quality_curve.json'} and {out / 'quality_curve.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -180,11 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default=DEMO_PROMPT)
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--frames", type=int, default=33)
-    demo.add_argument("--height", type=int, default=384)
-    demo.add_argument("--width", type=int, default=384)
+    demo.add_argument("--height", type=int, help="pixels (default: 128 trained, 384 random)")
+    demo.add_argument("--width", type=int, help="pixels (default: 128 trained, 384 random)")
+    demo.add_argument(
+        "--weights", choices=["trained", "random"], default="trained",
+        help="the project-trained tiny Wan model, or random weights with a locality prior",
+    )
     demo.add_argument(
         "--locality", type=float, default=3.0,
-        help="locality prior of the random attention (0 = plain random weights; default: %(default)s)",
+        help="with --weights random: locality prior of the random attention (0 = plain random weights)",
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--config", help="SparseAttentionConfig as a JSON file or inline JSON")
@@ -233,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--device", default="cpu")
     att.add_argument("--json", help="write {setup, results} to this JSON file")
     att.set_defaults(func=cmd_bench_attention)
+    qual = bench_sub.add_parser(
+        "quality", help="PSNR/SSIM vs density, warm-up and levers on the trained tiny Wan model", formatter_class=fmt
+    )
+    qual.add_argument("--out", default="quality-curve")
+    qual.add_argument("--prompt", action="append", help="prompt (repeatable; default: fixed prompts of the model)")
+    qual.add_argument("--num-prompts", type=int, default=2)
+    qual.add_argument("--steps", type=int, default=20)
+    qual.add_argument("--size", type=int, default=128)
+    qual.add_argument("--frames", type=int, default=33)
+    qual.add_argument("--seed", type=int, default=0)
+    qual.add_argument("--quick", action="store_true", help="four points instead of the full sweep")
+    qual.add_argument("--config", help="base SparseAttentionConfig (JSON) the sweep points modify")
+    qual.set_defaults(func=cmd_bench_quality)
     return parser
 
 

@@ -70,6 +70,11 @@ class SparseAttentionConfig:
             Reorder video tokens into space-time tiles of (frames, rows, columns) latent tokens before the build and
             sparse steps, so a mask block is a compact 3-D neighbourhood (adapters with a video grid: Wan). Choose a
             tile volume equal to `BLOCK_Q`, e.g. `(2, 8, 8)` for 128. `None` keeps raster order.
+        cache_complement (`bool`, defaults to `False`):
+            Complement caching: at the build step also keep, per layer, the dense attention output of the dropped key
+            blocks (in units of the dense row LSE) and their softmax mass; each sparse step merges that cached part
+            with the fresh kept-block result by their LSEs (the standard merge of partial softmax results). Costs one
+            output-sized tensor (`[B, H, Sq, D]`, the input dtype) per layer and CFG branch; the report gives the total.
         keep_text_tokens (`bool`, defaults to `True`):
             Keep joint-attention text tokens (CogVideoX, Flux put them first) as dense rows and columns.
         collect_timings (`bool`, defaults to `True`):
@@ -89,6 +94,7 @@ class SparseAttentionConfig:
     refresh_threshold: float = 0.7
     sparse_density_limit: float | None = None
     token_tile: tuple[int, int, int] | None = None
+    cache_complement: bool = False
     keep_text_tokens: bool = True
     collect_timings: bool = True
 
@@ -148,7 +154,7 @@ class SparseAttentionConfig:
                     f"token_tile={tile!r} must be three positive ints (frames, rows, columns), e.g. (2, 8, 8), or None."
                 )
             self.token_tile = tuple(int(t) for t in tile)
-        for name in ("keep_text_tokens", "collect_timings", "sparsed_selection"):
+        for name in ("cache_complement", "keep_text_tokens", "collect_timings", "sparsed_selection"):
             if not isinstance(getattr(self, name), bool):
                 raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
         if self.sparsed_selection and (self.policy != "topk" or self.max_density < 1.0):

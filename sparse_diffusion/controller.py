@@ -1,7 +1,9 @@
 """`SparseController`: step index per call, phase per layer, cached plans (mask + dense LSE) and statistics.
 
 One controller serves one accelerated denoiser. The denoiser hook tells it when a forward starts (timestep, cache
-context, text length); the attention hooks hand it every intercepted self-attention call.
+context, text length); the attention hooks hand it every intercepted self-attention call. A layer may make several
+calls per forward (Mochi: one per batch element, each with its own valid text length): plans are kept per
+(context, layer, call index within the layer's forward).
 """
 
 from __future__ import annotations
@@ -42,8 +44,11 @@ class LayerPlan:
     geometry: tuple
     head_density: torch.Tensor  # [H], mean over the batch; fixed for the plan's life
     backend: str
+    seq_lens_k: torch.Tensor | None  # int32 [B] valid keys per batch element (varlen key padding), on q's device
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
+    complement: torch.Tensor | None = None  # [B, H, Sq, D]: dropped blocks' share of the dense output (cache_complement)
+    complement_mass: torch.Tensor | None = None  # [B, H, Sq, 1] float32: their softmax mass, 1 - kept share
     allowed: torch.Tensor | None = None  # tile table of the call's attention mask (block-causal, ...) or None
 
 
@@ -83,8 +88,9 @@ class SparseController:
         layer_names: accelerated self-attention module names in hook order (indices of `dense_layers` refer to it).
         total_steps_fn: returns the number of denoising steps of the current call (or `None` if unknown); read once
             at the first forward of each call.
-        restart_on_timestep_increase: start a new call when the timestep goes up (used when no pipeline marks call
-            boundaries, e.g. `accelerate_model`).
+        restart_on_timestep_increase: start a new call when the timestep moves against the schedule (used when no
+            pipeline marks call boundaries, e.g. `accelerate_model`).
+        increasing_timesteps: the schedule's timesteps go up (Mochi); a restart is then a timestep going down.
         step_per_forward: every forward is one step (diffusion LMs: no timestep). A call starts at `begin_call`, at
             the first forward, or, when no call was opened, once the forwards of the last call reach its steps.
         text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
@@ -98,6 +104,7 @@ class SparseController:
         total_steps_fn: Callable[[], int | None],
         restart_on_timestep_increase: bool = False,
         text_position: str | None = None,
+        increasing_timesteps: bool = False,
         step_per_forward: bool = False,
     ) -> None:
         self.config = config
@@ -107,11 +114,13 @@ class SparseController:
         self.dense_layer_names = self._resolve_dense_layers(config.dense_layers)
         self.total_steps_fn = total_steps_fn
         self.restart_on_timestep_increase = restart_on_timestep_increase
+        self.increasing_timesteps = increasing_timesteps
         self.plans: dict[tuple, LayerPlan] = {}
         self.stats: dict[str, LayerStats] = defaultdict(LayerStats)
         self.passthrough: Counter = Counter()
         self.runs: list[dict] = []
         self.last_masks: dict[str, BlockSparseMask] = {}  # latest build per layer, kept after the call for pictures
+        self.complement_peak_bytes = 0  # most memory cached complements held at once (cache_complement)
         self.reset()
 
     def _resolve_dense_layers(self, entries) -> set[str]:
@@ -183,9 +192,12 @@ class SparseController:
         if self.step_per_forward:
             new_call, next_step = self.step < 0 or exhausted, True
         else:
+            backwards = self.last_t is not None and (
+                timestep < self.last_t - 1e-6 if self.increasing_timesteps else timestep > self.last_t + 1e-6
+            )
             new_call = (
                 self.last_t is None
-                or (self.restart_on_timestep_increase and timestep > self.last_t + 1e-6)
+                or (self.restart_on_timestep_increase and backwards)
                 or (timestep != self.last_t and exhausted)
             )
             next_step = timestep != self.last_t
@@ -235,32 +247,61 @@ class SparseController:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
         return Phase.SPARSE, None
 
-    def _tile_permutation(self, q: torch.Tensor, k: torch.Tensor):
+    def _call_text_len(self, seq_len: int) -> int:
+        """Joint text tokens in a call of `seq_len` tokens: the forward's text length, or, when the video grid is
+        known, the tokens beyond the video (Mochi keeps only each sample's valid text tokens)."""
+        if self.grid is not None and self.text_position is not None:
+            extra = seq_len - self.grid[0] * self.grid[1] * self.grid[2]
+            if 0 <= extra <= self.text_len:
+                return extra
+        return self.text_len
+
+    def _tile_permutation(self, q: torch.Tensor, k: torch.Tensor, text_len: int):
         """(order, inverse) token permutation into space-time tiles, when configured and the layout is known."""
         tile, grid = self.config.token_tile, self.grid
-        if tile is None or grid is None or self.text_len:
+        if tile is None or grid is None or text_len:
             return None
         if not (q.shape[2] == k.shape[2] == grid[0] * grid[1] * grid[2]):
             return None
         return tile_permutation(tuple(grid), tile, str(q.device))
 
-    def _text_ranges(self, seq_len: int) -> list[tuple[int, int]]:
-        if not self.config.keep_text_tokens or self.text_len <= 0 or self.text_len >= seq_len:
+    def _text_ranges(self, seq_len: int, text_len: int, rotation: int = 0) -> list[tuple[int, int]]:
+        """Token ranges of the joint text, in a sequence rotated left by `rotation` tokens."""
+        if not self.config.keep_text_tokens or text_len <= 0 or text_len >= seq_len:
             return []
         if self.text_position == "last":
-            return [(seq_len - self.text_len, seq_len)]
-        return [(0, self.text_len)] if self.text_position == "first" else []
+            start = seq_len - text_len
+        elif self.text_position == "first":
+            start = 0
+        else:
+            return []
+        start = (start - rotation) % seq_len
+        end = start + text_len
+        return [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
 
     def attention(
         self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
+        *, call_index: int = 0, seq_lens_k: tuple[int, ...] | None = None, rotation: int = 0,
         allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Serve one eligible self-attention call (q [B, H, Sq, D], k/v [B, HK, Sk, D]); `dense_fn()` runs the
-        original. `allowed`: the call's attention mask as a bool tile table [B or 1, H or 1, QB, KB] (the planned
-        masks keep only allowed tiles), None when unmasked."""
-        perm = self._tile_permutation(q, k)
-        geometry = (tuple(q.shape), tuple(k.shape), q.dtype, q.device, self.text_len, self.grid if perm else None)
-        key = (self.context, layer)
+        """Serve one eligible self-attention call; `dense_fn()` runs the original.
+
+        Args:
+            q: [B, H, Sq, D]; k, v: [B, HK, Sk, D] (Sk < Sq when padded keys were cut off).
+            call_index: the call's position among the layer's eligible calls in this forward (own plan each).
+            seq_lens_k: valid keys per batch element when they differ (varlen key padding), else None.
+            rotation: the tokens arrive rotated left by this many positions (a padded run moved to the end);
+                text ranges are rotated alike. `dense_fn` returns the output in the same rotated order.
+            allowed: the call's attention mask as a bool tile table [B or 1, H or 1, QB, KB] (block-causal, ...):
+                the build pass attends only allowed tiles and the planned masks keep only those; None when unmasked.
+        """
+        text_len = self._call_text_len(q.shape[2])
+        perm = None if rotation or allowed is not None else self._tile_permutation(q, k, text_len)
+        geometry = (
+            tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None, seq_lens_k,
+            rotation,
+        )
+        key = (self.context, layer, call_index)
         phase, replan_reason = self._phase(layer, key, geometry, allowed)
         if perm is not None and phase in (Phase.BUILD, Phase.SPARSE):
             order, inverse = perm
@@ -275,7 +316,9 @@ class SparseController:
                 stats.replans[replan_reason] += 1
             with timer:
                 try:
-                    out = self._build(layer, key, geometry, q, k, v, scale, stats, allowed)
+                    lens = None if seq_lens_k is None else torch.tensor(seq_lens_k, dtype=torch.int32, device=q.device)
+                    ranges = self._text_ranges(q.shape[2], text_len, rotation)
+                    out = self._build(layer, key, geometry, q, k, v, scale, stats, ranges, lens, allowed, rotation)
                     if perm is not None:
                         out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
@@ -298,28 +341,41 @@ class SparseController:
         timer.add_to(stats, phase.value)
         return out
 
-    def _build(self, layer, key, geometry, q, k, v, scale, stats, allowed=None) -> torch.Tensor:
-        if allowed is not None and self.config.sparsed_selection:
-            raise SparseDiffusionError("sparsed_selection does not support masked (e.g. block-causal) attention")
+    def _build(
+        self, layer, key, geometry, q, k, v, scale, stats, text_ranges, seq_lens_k, allowed=None, rotation=0
+    ) -> torch.Tensor:
+        if self.config.sparsed_selection and (allowed is not None or seq_lens_k is not None or rotation):
+            raise SparseDiffusionError(
+                "sparsed_selection does not support masked attention (a tile-pattern mask such as block-causal, or "
+                "key padding)"
+            )
+        backend = ops.choose_sparse_backend(  # first: a backend that cannot serve fails before the costly pass
+            q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
+        )
         out, lse, mass = ops.dense_attention_with_stats(
-            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend), allowed=allowed
+            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend),
+            seq_lens_k=seq_lens_k, allowed=allowed,
         )
         sq, sk = q.shape[2], k.shape[2]
         if self.config.sparsed_selection:
             mask = self._plan_sparsed(mass, q, k, v, scale)
         else:
             mask = plan_block_mask(
-                mass, self.config, (sq, sk), dense_token_ranges=self._text_ranges(sq), allowed=allowed
+                mass, self.config, (sq, sk), dense_token_ranges=text_ranges, seq_lens_k=seq_lens_k, allowed=allowed
             )
         build_kept = kept_mass(mass, mask)
-        backend = ops.choose_sparse_backend(q, self.config.backend, need_lse=True, block_size=self.config.block_size)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
         head_density = mask.density().mean(0)
         density = float(head_density.mean())
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        self.plans[key] = LayerPlan(mask, lse, geometry, head_density, backend, dense_reason, allowed=allowed)
+        plan = LayerPlan(mask, lse, geometry, head_density, backend, seq_lens_k, dense_reason, allowed=allowed)
+        if self.config.cache_complement and dense_reason is None:
+            plan.complement, plan.complement_mass = self._complement(out, lse, q, k, v, plan, scale)
+        self.plans[key] = plan
+        if plan.complement is not None:
+            self.complement_peak_bytes = max(self.complement_peak_bytes, self.complement_bytes())
         stats.planned_density.append(density)
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
@@ -339,19 +395,46 @@ class SparseController:
             mass, generated, self.config.topk_ratio, self.config.block_size, (q.shape[2], sk), self.prompt_len or 0
         )
 
+    @staticmethod
+    def _complement(out, lse, q, k, v, plan: LayerPlan, scale) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dropped blocks' part of the dense output: `out - exp(lse_kept - lse) * out_kept` (exact at the build step)."""
+        kept_out, kept_lse = ops.block_sparse_attention(
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
+        )
+        share = torch.exp(kept_lse - lse).nan_to_num(0.0).clamp(0.0, 1.0).unsqueeze(-1)  # kept softmax mass per row
+        complement = out.float() - share * kept_out.float()
+        return complement.to(out.dtype), 1.0 - share
+
+    @staticmethod
+    def _merge_complement(plan: LayerPlan, out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        """Fresh kept-block result merged with the cached complement by LSE, both relative to the build's dense LSE."""
+        weight = torch.exp(lse - plan.lse).nan_to_num(0.0).unsqueeze(-1)
+        total = weight + plan.complement_mass
+        merged = (weight * out.float() + plan.complement.float()) / total.clamp_min(1e-20)
+        return torch.where(total > 0, merged, out.float()).to(out.dtype)
+
+    def complement_bytes(self) -> int:
+        """Memory held by cached complements now (bytes)."""
+        return sum(
+            p.complement.numel() * p.complement.element_size() + p.complement_mass.numel() * 4
+            for p in self.plans.values() if p.complement is not None
+        )
+
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]
         if plan.dense_reason:
             stats.fallbacks[plan.dense_reason] += 1
             return dense_fn(), False
         out, lse = ops.block_sparse_attention(
-            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
         )
         stats.backends[plan.backend] += 1
         if not torch.isfinite(out).all():
             stats.fallbacks["non-finite sparse output; recomputed dense"] += 1
             return dense_fn(), False
         stats.head_density_sum = _add(stats.head_density_sum, plan.head_density)
+        if plan.complement is not None:
+            out = self._merge_complement(plan, out, lse)
         if lse is not None:
             estimate = torch.exp(lse - plan.lse).mean(-1)  # [B, H]
             stats.head_kept_mass_sum = _add(stats.head_kept_mass_sum, estimate.mean(0))

@@ -1,12 +1,25 @@
 """Route `F.scaled_dot_product_attention` calls made inside a hooked self-attention module to the controller.
 
 Every diffusers processor ends in SDPA, directly (CogVideoX, SD3, Mochi) or through `dispatch_attention_fn` with the
-`native` backend (Wan, Flux, HunyuanVideo, LTX), so catching the call sees q/k/v after projections, norms and RoPE
-with no copied processor. A mask is honoured when it is exactly a tile pattern: keys masked for every query at the end
-are cut off (HunyuanVideo's text padding), and what remains must be whole tiles attended or masked (a block-causal
-mask over blocks that are multiples of the tiles, as LLaDA2 uses); the planner then keeps only allowed tiles. Calls
-the sparse path cannot honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are
-counted in the report.
+`native` backend (Wan, Flux, HunyuanVideo, LTX, Qwen-Image), so catching the call sees q/k/v after projections, norms
+and RoPE with no copied processor. A module may call SDPA several times per forward (Mochi: once per batch element);
+each call carries its index so it gets its own plan.
+
+Masks (bool, or additive with only 0 and -inf / the dtype's min) are honoured without a mask in two forms:
+
+- Key padding ([B or 1, 1, 1, Sk]): when each batch element's masked keys form one run ending at a position shared by
+  the batch, the sequence is rotated so that run sits at the end (queries, keys and values alike; attention is
+  equivariant to that permutation, and the output is rotated back), the keys are cut to the longest valid length,
+  and shorter batch elements pass their valid key counts as `seq_lens_k`. HunyuanVideo's padded text LAST needs no
+  rotation; Qwen-Image's padded text FIRST moves behind the image tokens.
+- Tile patterns (any other [B or 1, H or 1, Sq or 1, Sk] mask): keys masked for every query at the end are cut off,
+  and what remains must be whole tiles attended or masked (a block-causal mask over blocks that are multiples of the
+  tiles, as LLaDA2 uses); the tile table (`allowed`) goes to the build pass and the planner keeps only allowed tiles.
+  A tile pattern combined with padding of a different length per batch element is honoured only when that padding
+  is tile-aligned too; otherwise the call passes through ("not aligned to ... tiles").
+
+Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are
+counted in the report with the reason.
 """
 
 from __future__ import annotations
@@ -30,11 +43,51 @@ def bind_sdpa_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
+def attended_keys(mask: torch.Tensor, sk: int) -> torch.Tensor | str:
+    """Bool form of an SDPA `attn_mask` [.., Sk] (True: the query may attend the key) for a bool mask or an additive
+    one holding only 0 and -inf / the dtype's min (as transformers writes them); a pass-through reason otherwise."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != sk:
+        return "explicit attn_mask (not a [B, H, Sq, Sk] mask)"
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point():
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
+        if not bool(((mask == 0) | blocked).all()):
+            return "explicit attn_mask (an additive bias, not 0 / -inf)"
+        return ~blocked
+    return f"explicit attn_mask (dtype {mask.dtype})"
+
+
+def key_padding(mask: torch.Tensor, k: torch.Tensor) -> tuple[list[int], int] | None:
+    """Read a key-padding mask: [B or 1, 1, 1, Sk] (see `attended_keys`), whose masked keys form one run per batch
+    element ending at a position `end` shared by the batch, every key from `end` on being valid.
+
+    Returns:
+        `(valid, end)`: valid keys before `end` per mask row, and `end` (Sk for trailing padding, e.g. HunyuanVideo's
+        text; less when valid keys follow the padding, e.g. Qwen-Image's padded text before the image tokens).
+        None for any other mask, or when a batch element would have no valid key.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1):
+        return None
+    sk = k.shape[2]
+    valid = attended_keys(mask, sk)
+    if isinstance(valid, str):
+        return None
+    valid = valid[:, 0, 0]
+    padded = (~valid).any(0)
+    end = int(padded.nonzero().max()) + 1 if bool(padded.any()) else sk
+    counts = valid[:, :end].sum(-1)
+    if not torch.equal(valid[:, :end], torch.arange(end, device=valid.device) < counts[:, None]):
+        return None
+    if end == sk and not bool((counts > 0).all()):
+        return None
+    return counts.tolist(), end
+
+
 def block_pattern(
     mask: torch.Tensor, seq_lengths: tuple[int, int], block_size: tuple[int, int]
 ) -> tuple[int, torch.Tensor | None] | str:
-    """The exact tile form of a self-attention `attn_mask` ([B or 1, H or 1, Sq or 1, Sk], bool or additive with
-    only 0 and -inf / the dtype's min, as transformers writes them).
+    """The exact tile form of a self-attention `attn_mask` ([B or 1, H or 1, Sq or 1, Sk]; see `attended_keys`).
 
     Returns `(length, allowed)`: keys past `length` are masked for every query (trailing padding, cut off), and
     `allowed` is a bool tile table [B or 1, H or 1, QB, KB] over the kept keys (None when every pair attends), so the
@@ -43,17 +96,11 @@ def block_pattern(
     attends no key); such calls run their original attention.
     """
     sq, sk = seq_lengths
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != sk or mask.shape[-2] not in (1, sq):
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-2] not in (1, sq):
         return "explicit attn_mask (not a [B, H, Sq, Sk] mask)"
-    if mask.dtype == torch.bool:
-        valid = mask
-    elif mask.is_floating_point():
-        blocked = mask <= torch.finfo(mask.dtype).min / 2
-        if not bool(((mask == 0) | blocked).all()):
-            return "explicit attn_mask (an additive bias, not 0 / -inf)"
-        valid = ~blocked
-    else:
-        return f"explicit attn_mask (dtype {mask.dtype})"
+    valid = attended_keys(mask, sk)
+    if isinstance(valid, str):
+        return valid
     used = valid.flatten(0, 2).any(0).nonzero()
     if used.numel() == 0:
         return "explicit attn_mask (no key attended)"
@@ -79,8 +126,8 @@ def block_pattern(
 
 
 def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | None:
-    """Why a bound SDPA call cannot take the sparse path, or `None` when it can. `trimmed`: the keys were cut to the
-    valid length of a trailing key-padding mask, so Sq != Sk is expected."""
+    """Why a bound SDPA call cannot take the sparse path, or `None` when it can. `trimmed`: the mask was honoured
+    and padded keys were cut off, so Sq != Sk is expected."""
     q, k, v = call["query"], call["key"], call["value"]
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return "q/k/v are not 4-D [B, H, S, D] tensors"
@@ -112,7 +159,8 @@ class SDPAInterceptor(TorchFunctionMode):
         super().__init__()
         self.controller = controller
         self.layer = layer
-        self.seen = 0
+        self.seen = 0  # every SDPA call in this forward
+        self.served = 0  # calls handed to the controller: the call index of the next one
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -120,21 +168,42 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.seen += 1
         call = bind_sdpa_args(args, kwargs)
-        length, allowed, reason = None, None, None
         q, k = call["query"], call["key"]
         self_attention = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == k.dim() == 4
+        trimmed, reason, allowed, shift, seq_lens_k = False, None, None, 0, None
         if call["attn_mask"] is not None and self_attention and q.shape[2] == k.shape[2]:  # never cross-attention
-            pattern = block_pattern(call["attn_mask"], (q.shape[2], k.shape[2]), self.controller.config.block_size)
-            if isinstance(pattern, str):
-                reason = pattern
-            else:  # masked trailing keys contribute nothing: drop them; the tile table replaces the mask
-                length, allowed = pattern
-                call = dict(call, attn_mask=None, key=call["key"][:, :, :length], value=call["value"][:, :, :length])
-        reason = reason or ineligible_reason(call, self.controller.config.block_size[1], trimmed=length is not None)
+            padding = key_padding(call["attn_mask"], k)
+            if padding is not None:  # padded keys contribute nothing: move them to the end, cut them, drop the mask
+                valid, end = padding
+                sk = k.shape[2]
+                shift = end % sk
+                lengths = [n + sk - end for n in valid] * (q.shape[0] if len(valid) == 1 else 1)
+                longest = max(lengths)
+                q, k, v = (_rotate(t, shift) for t in (q, k, call["value"]))
+                call = dict(call, attn_mask=None, query=q, key=k[:, :, :longest], value=v[:, :, :longest])
+                seq_lens_k = None if len(set(lengths)) == 1 else tuple(lengths)
+                trimmed = True
+            else:
+                pattern = block_pattern(call["attn_mask"], (q.shape[2], k.shape[2]), self.controller.config.block_size)
+                if isinstance(pattern, str):
+                    reason = pattern
+                else:  # masked trailing keys contribute nothing: drop them; the tile table replaces the mask
+                    length, allowed = pattern
+                    call = dict(call, attn_mask=None, key=k[:, :, :length], value=call["value"][:, :, :length])
+                    trimmed = True
+        reason = reason or ineligible_reason(call, self.controller.config.block_size[1], trimmed=trimmed)
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)
-        return self.controller.attention(
-            self.layer, call["query"], call["key"], call["value"], call["scale"], lambda: func(*args, **kwargs),
-            allowed=allowed,
+        self.served += 1
+        out = self.controller.attention(
+            self.layer, call["query"], call["key"], call["value"], call["scale"],
+            lambda: _rotate(func(*args, **kwargs), shift),
+            call_index=self.served - 1, seq_lens_k=seq_lens_k, rotation=shift, allowed=allowed,
         )
+        return _rotate(out, -shift)
+
+
+def _rotate(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """Tokens (dim 2) rotated left by `shift` (token `shift` comes first); no copy for 0."""
+    return x if shift == 0 else torch.roll(x, -shift, 2)

@@ -2,6 +2,8 @@
 
 Shape letters: B batch, H query heads, HK key/value heads (H % HK == 0), Sq/Sk lengths, D head dim, QB/KB numbers of
 query/key blocks. LSE is float32, natural log, [B, H, Sq]. Block mass is float32 [B, H, QB, KB], rows sum to 1.
+`seq_lens_k` (int32 [B], optional): valid keys per batch element (varlen key padding); keys at or past
+`seq_lens_k[b]` are excluded as if masked to -inf.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ logger = logging.getLogger(__name__)
 BREAK_EVEN_DENSITY = {"triton": 0.9, "cpu": 0.9, "flex": 0.7, "gather": 0.6, "reference": 1.0}
 
 
-def _triton_reasons(q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None) -> list[str]:
+def _triton_reasons(
+    q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None, varlen: bool = False
+) -> list[str]:
     try:
         from .kernels import launch
     except ImportError as exc:
@@ -92,7 +96,9 @@ def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None
         )
 
 
-def _check_allowed(allowed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_size: tuple[int, int]) -> None:
+def _check_allowed(
+    allowed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_size: tuple[int, int], seq_lens_k: torch.Tensor | None
+) -> None:
     b, h, sq = q.shape[:3]
     want = (num_blocks(sq, block_size[0]), num_blocks(k.shape[2], block_size[1]))
     if (
@@ -103,8 +109,47 @@ def _check_allowed(allowed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, bloc
             f"allowed must be a bool tile table [B or 1, H or 1, QB, KB] = [{b} or 1, {h} or 1, {want[0]}, {want[1]}], "
             f"got {getattr(allowed, 'dtype', type(allowed).__name__)} {tuple(getattr(allowed, 'shape', ()))}."
         )
+    if seq_lens_k is not None:  # a tile serves a batch element's rows only when it starts before its valid keys end
+        starts = torch.arange(want[1], device=allowed.device) * block_size[1]
+        allowed = allowed & (starts < seq_lens_k.to(allowed.device)[:, None])[:, None, None, :]
     if not bool(allowed.any(-1).all()):
-        raise SparseDiffusionError("allowed has a query block with no allowed key tile; its rows would be empty.")
+        where = " starting below its seq_lens_k" if seq_lens_k is not None else ""
+        raise SparseDiffusionError(f"allowed has a query block with no allowed key tile{where}; its rows would be empty.")
+
+
+def check_seq_lens_k(seq_lens_k, q: torch.Tensor, k: torch.Tensor, check_values: bool = True) -> torch.Tensor | None:
+    """`seq_lens_k` as a contiguous int32 tensor [B] on q's device (None stays None).
+
+    Args:
+        seq_lens_k: None, an integer tensor [B] or a sequence of B ints, each in [1, Sk].
+        check_values: also check the range (reads the values: a device sync on GPU).
+
+    Raises:
+        SparseDiffusionError: wrong type, shape or dtype, or a value outside [1, Sk].
+    """
+    if seq_lens_k is None:
+        return None
+    b, sk = q.shape[0], k.shape[2]
+    if isinstance(seq_lens_k, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in seq_lens_k):
+        seq_lens_k = torch.tensor(seq_lens_k, dtype=torch.int32)
+    if not isinstance(seq_lens_k, torch.Tensor) or seq_lens_k.dtype.is_floating_point or seq_lens_k.dtype == torch.bool:
+        raise SparseDiffusionError(
+            f"seq_lens_k must be an integer tensor [B] (or a list of B ints) of valid key counts, got "
+            f"{getattr(seq_lens_k, 'dtype', type(seq_lens_k).__name__)}; pass e.g. torch.tensor([{sk}] * {b}, "
+            "dtype=torch.int32) or None."
+        )
+    if tuple(seq_lens_k.shape) != (b,):
+        raise SparseDiffusionError(
+            f"seq_lens_k has shape {tuple(seq_lens_k.shape)}, expected [B] = [{b}] (one valid key count per batch "
+            "element)."
+        )
+    seq_lens_k = seq_lens_k.to(device=q.device, dtype=torch.int32).contiguous()
+    if check_values and (int(seq_lens_k.min()) < 1 or int(seq_lens_k.max()) > sk):
+        raise SparseDiffusionError(
+            f"seq_lens_k={seq_lens_k.tolist()} must lie in [1, Sk={sk}]: every batch element needs at least one valid "
+            "key, and k holds only Sk keys."
+        )
+    return seq_lens_k
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -115,20 +160,22 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
     return float(scale)
 
 
-_SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool, tuple[int, int] | None], list[str]]] = {
+# name -> fn(q, need_lse, block_size, varlen): why the backend cannot serve (empty list = it can)
+_SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool, tuple[int, int] | None, bool], list[str]]] = {
     "triton": _triton_reasons,
-    "cpu": lambda q, need_lse, block_size=None: cpu_kernel.not_supported_reasons(q),
+    "cpu": lambda q, need_lse, block_size=None, varlen=False: cpu_kernel.not_supported_reasons(q),
     "flex": backends.flex_reasons,
     "gather": backends.gather_reasons,
-    "reference": lambda q, need_lse, block_size=None: [],
+    "reference": lambda q, need_lse, block_size=None, varlen=False: [],
 }
 
 
 def sparse_backend_reasons(
-    q: torch.Tensor, need_lse: bool = True, block_size: tuple[int, int] | None = None
+    q: torch.Tensor, need_lse: bool = True, block_size: tuple[int, int] | None = None, varlen: bool = False
 ) -> dict[str, list[str]]:
-    """Why each backend cannot serve a block-sparse call on `q` with tiles `block_size` (empty list = it can)."""
-    return {name: fn(q, need_lse, block_size) for name, fn in _SPARSE_REASONS.items()}
+    """Why each backend cannot serve a block-sparse call on `q` with tiles `block_size` (empty list = it can);
+    `varlen`: the call passes `seq_lens_k`."""
+    return {name: fn(q, need_lse, block_size, varlen) for name, fn in _SPARSE_REASONS.items()}
 
 
 def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
@@ -138,9 +185,13 @@ def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
 
 
 def choose_sparse_backend(
-    q: torch.Tensor, backend: str = "auto", need_lse: bool = True, block_size: tuple[int, int] | None = None
+    q: torch.Tensor,
+    backend: str = "auto",
+    need_lse: bool = True,
+    block_size: tuple[int, int] | None = None,
+    varlen: bool = False,
 ) -> str:
-    """Backend name that serves a block-sparse call on `q`.
+    """Backend name that serves a block-sparse call on `q` (`varlen`: with `seq_lens_k`).
 
     Raises:
         SparseDiffusionError: unknown name, or a forced backend that cannot serve (with every reason).
@@ -148,13 +199,13 @@ def choose_sparse_backend(
     if backend not in BACKENDS:
         raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
     if backend != "auto":
-        reasons = _SPARSE_REASONS[backend](q, need_lse, block_size)
+        reasons = _SPARSE_REASONS[backend](q, need_lse, block_size, varlen)
         if reasons:
             raise SparseDiffusionError(f"backend {backend!r} cannot serve this call: {'; '.join(reasons)}.")
         return backend
     skipped = {}
     for name in _auto_order(q, need_lse):
-        reasons = _SPARSE_REASONS[name](q, need_lse, block_size)
+        reasons = _SPARSE_REASONS[name](q, need_lse, block_size, varlen)
         if not reasons:
             if skipped:
                 logger.debug("auto backend %s; skipped %s", name, skipped)
@@ -173,6 +224,7 @@ def block_sparse_attention(
     backend: str = "auto",
     return_lse: bool = True,
     validate_mask: bool = True,
+    seq_lens_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Block-sparse softmax attention: each query block attends only to its kept key blocks.
 
@@ -186,17 +238,22 @@ def block_sparse_attention(
             `"gather"` or `"reference"`.
         return_lse: also return the LSE; with `False` the LSE is `None` and backends that cannot produce it (compiled
             flex on CPU) may serve.
-        validate_mask: run `mask.validate()` (index ranges, ascending order, counts; costs a device sync). Masks
-            from `BlockSparseMask.from_dense` or the planner are valid by construction.
+        validate_mask: run `mask.validate()` (index ranges, ascending order, counts) and check the `seq_lens_k`
+            range; costs a device sync. Masks from `BlockSparseMask.from_dense` or the planner are valid by
+            construction.
+        seq_lens_k: int32 [B] (or a list of B ints), valid keys per batch element, each in [1, Sk]: keys at or past
+            `seq_lens_k[b]` are excluded even inside kept blocks (varlen key padding). None: all Sk keys are valid.
+            Not served by `flex`.
 
     Returns:
-        `(out, lse)`: out [B, H, Sq, D] in q's dtype (0 for rows with no kept block); LSE float32 [B, H, Sq], natural
-        log, `-inf` for empty rows.
+        `(out, lse)`: out [B, H, Sq, D] in q's dtype (0 for rows with no kept valid key); LSE float32 [B, H, Sq],
+        natural log, `-inf` for those empty rows.
 
     Equivalent PyTorch::
 
         tm = mask.to_token_mask()                            # [B, H, Sq, Sk] bool
         s = (q @ k.repeat_interleave(H // HK, 1).transpose(-1, -2)) * scale
+        tm &= arange(Sk) < seq_lens_k[:, None, None, None]   # when seq_lens_k is given
         s = s.masked_fill(~tm, -inf); lse = s.logsumexp(-1)
         out = (s - lse[..., None]).exp().nan_to_num() @ v.repeat_interleave(H // HK, 1)
 
@@ -207,21 +264,24 @@ def block_sparse_attention(
     _check_mask(q, k, mask)
     if validate_mask:
         mask.validate()
+    lens = check_seq_lens_k(seq_lens_k, q, k, check_values=validate_mask)
     q, k, v = _last_dim_contiguous(q, k, v)
-    name = choose_sparse_backend(q, backend, need_lse=return_lse, block_size=mask.block_size)
+    name = choose_sparse_backend(q, backend, need_lse=return_lse, block_size=mask.block_size, varlen=lens is not None)
     s = _scale(q, scale)
     if name == "gather":
-        out, lse = backends.gather_block_sparse(q, k, v, mask, s)
+        out, lse = backends.gather_block_sparse(q, k, v, mask, s, lens)
     elif name == "flex":
         out, lse = backends.flex_block_sparse(q, k, v, mask, s, need_lse=return_lse)
     elif name == "triton":
         from .kernels import launch
 
-        out, lse = launch.block_sparse_attention(q, k, v, mask, s)
+        out, lse = launch.block_sparse_attention(q, k, v, mask, s, lens)
     elif name == "cpu":
-        out, lse = cpu_kernel.block_sparse_attention(q, k, v, mask, s)
+        out, lse = cpu_kernel.block_sparse_attention(q, k, v, mask, s, lens)
     else:
-        out, lse = reference.block_sparse_attention_reference(q, k, v, mask, scale=s, compute_dtype=torch.float32)
+        out, lse = reference.block_sparse_attention_reference(
+            q, k, v, mask, scale=s, compute_dtype=torch.float32, seq_lens_k=lens
+        )
         out = out.to(q.dtype)
     return out, (lse if return_lse else None)
 
@@ -234,6 +294,7 @@ def dense_attention_with_stats(
     *,
     scale: float | None = None,
     backend: str = "auto",
+    seq_lens_k: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Dense attention that also returns the row LSE and the exact softmax mass of every tile (the build step).
@@ -242,9 +303,12 @@ def dense_attention_with_stats(
         q: [B, H, Sq, D]; k, v: [B, HK, Sk, D]; block_size: `(BLOCK_Q, BLOCK_K)` tokens (or one int).
         backend: `"triton"` uses the fused kernel; every other name uses the chunked PyTorch pass (`"reference"`: the
             float64 oracle).
+        seq_lens_k: int32 [B] (or a list of B ints) in [1, Sk]: keys at or past `seq_lens_k[b]` are excluded (their
+            tiles get mass 0). None: all keys valid.
         allowed: bool tile table [B or 1, H or 1, QB, KB]: each query attends only the keys of its allowed tiles
             (an attention mask in tile form, e.g. block-causal); masked tiles get mass 0. Served by the chunked
-            PyTorch pass (or the reference), not the Triton kernel. Every query block needs an allowed tile.
+            PyTorch pass (or the reference), not the Triton kernel; combines with `seq_lens_k`. Every query block
+            needs an allowed tile (starting below its batch element's `seq_lens_k`).
 
     Returns:
         `(out, lse, block_mass)`: out [B, H, Sq, D] in q's dtype; LSE float32 [B, H, Sq] (natural log); block_mass
@@ -252,31 +316,32 @@ def dense_attention_with_stats(
         sum to 1). Never materialises Sq x Sk at once (chunked over query blocks).
 
     Raises:
-        SparseDiffusionError: bad shapes/dtypes, `allowed` not fitting, or `backend="triton"` where Triton cannot
-            serve (or with `allowed`).
+        SparseDiffusionError: bad shapes/dtypes/`seq_lens_k`, `allowed` not fitting, or `backend="triton"` where
+            Triton cannot serve (or with `allowed`).
     """
     check_qkv(q, k, v)
     bs = normalize_block_size(block_size, multiple=1)
     if backend not in BACKENDS:
         raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
+    lens = check_seq_lens_k(seq_lens_k, q, k)
     q, k, v = _last_dim_contiguous(q, k, v)
     s = _scale(q, scale)
     if allowed is not None:
-        _check_allowed(allowed, q, k, bs)
+        _check_allowed(allowed, q, k, bs, lens)
         if backend == "triton":
             raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
-        if backend == "reference":
-            out, lse, mass = reference.dense_attention_with_stats_reference(q, k, v, bs, scale=s, allowed=allowed)
-            return out.to(q.dtype), lse, mass
-        return backends.chunked_dense_with_stats(q, k, v, bs, s, allowed=allowed)
-    if backend == "triton" or (backend == "auto" and q.device.type == "cuda" and not _triton_reasons(q, True, bs)):
+    if backend == "triton" or (
+        backend == "auto" and allowed is None and q.device.type == "cuda" and not _triton_reasons(q, True, bs)
+    ):
         reasons = _triton_reasons(q, True, bs)
         if reasons:
             raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
         from .kernels import launch
 
-        return launch.dense_attention_with_stats(q, k, v, bs, s)
+        return launch.dense_attention_with_stats(q, k, v, bs, s, lens)
     if backend == "reference":
-        out, lse, mass = reference.dense_attention_with_stats_reference(q, k, v, bs, scale=s)
+        out, lse, mass = reference.dense_attention_with_stats_reference(
+            q, k, v, bs, scale=s, seq_lens_k=lens, allowed=allowed
+        )
         return out.to(q.dtype), lse, mass
-    return backends.chunked_dense_with_stats(q, k, v, bs, s)
+    return backends.chunked_dense_with_stats(q, k, v, bs, s, lens, allowed)

@@ -55,6 +55,7 @@ def plan_block_mask(
     *,
     dense_token_ranges: list[tuple[int, int]] = (),
     keep_diagonal: bool = True,
+    seq_lens_k: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
 ) -> BlockSparseMask:
     """Choose kept key blocks per (batch, head, query block) from the exact tile mass.
@@ -65,6 +66,8 @@ def plan_block_mask(
             `ceil(topk_ratio * KB)` largest), clamped to [`min_kv_blocks`, `ceil(max_density * KB)`]; then the
             forced tiles (diagonal, `dense_token_ranges` rows and columns) are added.
         seq_lengths: `(Sq, Sk)` in tokens.
+        seq_lens_k: int [B], valid keys per batch element (None = all Sk): key blocks that start at or past it are
+            never kept, forced ones included.
         allowed: bool [B or 1, H or 1, QB, KB], the call's attention mask in tile form: the result keeps only allowed
             tiles (forced ones included).
 
@@ -98,6 +101,9 @@ def plan_block_mask(
     chosen |= forced_blocks(config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device)
     if allowed is not None:
         chosen &= allowed.to(chosen.device)
+    if seq_lens_k is not None:
+        starts = torch.arange(kb, device=mass.device) * bk
+        chosen &= (starts < seq_lens_k.to(mass.device)[:, None])[:, None, None, :]
     return BlockSparseMask.from_dense(chosen, config.block_size, tuple(seq_lengths))
 
 

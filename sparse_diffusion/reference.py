@@ -13,6 +13,17 @@ import torch
 from .block_mask import BlockSparseMask, block_lengths, num_blocks
 
 
+def key_padding_mask(seq_lens_k: torch.Tensor | None, sk: int) -> torch.Tensor | None:
+    """Bool [B, 1, 1, Sk], True for keys below each batch element's valid length `seq_lens_k` [B] (None: all)."""
+    if seq_lens_k is None:
+        return None
+    return (torch.arange(sk, device=seq_lens_k.device) < seq_lens_k.long()[:, None])[:, None, None, :]
+
+
+def _and_masks(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return b if a is None else a if b is None else a & b
+
+
 def _expand_kv(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Repeat K/V heads for GQA (reference only; real backends never repeat)."""
     groups = q.shape[1] // x.shape[1]
@@ -57,9 +68,12 @@ def block_sparse_attention_reference(
     *,
     scale: float | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    seq_lens_k: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention restricted to the kept tiles of `mask`; same shapes and conventions as `attention_reference`."""
-    return attention_reference(q, k, v, scale=scale, token_mask=mask.to(q.device).to_token_mask(), compute_dtype=compute_dtype)
+    """Attention restricted to the kept tiles of `mask` and, per batch element b, to keys below `seq_lens_k[b]`
+    (int [B], None = all keys); same shapes and conventions as `attention_reference`."""
+    token_mask = _and_masks(mask.to(q.device).to_token_mask(), key_padding_mask(seq_lens_k, k.shape[2]))
+    return attention_reference(q, k, v, scale=scale, token_mask=token_mask, compute_dtype=compute_dtype)
 
 
 def block_mass_from_probs(probs: torch.Tensor, block_size: tuple[int, int], seq_lengths: tuple[int, int]) -> torch.Tensor:
@@ -90,17 +104,22 @@ def dense_attention_with_stats_reference(
     *,
     scale: float | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    seq_lens_k: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense attention plus the exact per-tile mass: (out [B, H, Sq, D], LSE float32 [B, H, Sq], mass float32 [B, H, QB, KB]).
-    `allowed` (bool [B or 1, H or 1, QB, KB]): each query attends only the keys of its allowed tiles."""
+    Keys at or past `seq_lens_k[b]` (int [B], None = all keys valid) are excluded; their tiles get mass 0. `allowed`
+    (bool [B or 1, H or 1, QB, KB]): each query attends only the keys of its allowed tiles."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qc, kc, vc = (t.to(compute_dtype) for t in (q, _expand_kv(q, k), _expand_kv(q, v)))
     scores = (qc @ kc.transpose(-1, -2)) * scale
+    tiles = None
     if allowed is not None:
         bq, bk = block_size
-        tokens = allowed.repeat_interleave(bq, -2).repeat_interleave(bk, -1)[..., : q.shape[2], : k.shape[2]]
-        scores = scores.masked_fill(~tokens, float("-inf"))
+        tiles = allowed.repeat_interleave(bq, -2).repeat_interleave(bk, -1)[..., : q.shape[2], : k.shape[2]]
+    token_mask = _and_masks(tiles, key_padding_mask(seq_lens_k, k.shape[2]))
+    if token_mask is not None:
+        scores = scores.masked_fill(~token_mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse[..., None])
     mass = block_mass_from_probs(probs, block_size, (q.shape[2], k.shape[2]))

@@ -34,7 +34,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     softmax mass estimated against the dense LSE cached at the build step; it can exceed 1 when the scores grew since
     the build), `build_kept_mass` (exact kept mass at the build step), `calls` and `attention_time_s` per phase
     (`dense` warm-up, `build`, `sparse`, `fallback` = sparse-phase calls that ran dense; seconds of wall time inside
-    intercepted attention), `replans`, `backends`, `fallbacks` and `passthrough` (layer, reason, count), and
+    intercepted attention), `complement_cache_mib` (peak memory of cached complements, `cache_complement`),
+    `replans`, `backends`, `fallbacks` and `passthrough` (layer, reason, count), and
     `layers` with the same figures per layer and per head.
     """
     calls, times, replans, backends = Counter(), Counter(), Counter(), Counter()
@@ -97,6 +98,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         "build_kept_mass": _avg(build_values),
         "calls": {k: calls.get(k, 0) for k in _PHASES},
         "attention_time_s": {k: round(times.get(k, 0.0), 6) for k in _PHASES},
+        "complement_cache_mib": round(controller.complement_peak_bytes / 2**20, 3),
         "replans": dict(replans),
         "backends": dict(backends),
         "fallbacks": fallbacks,
@@ -128,6 +130,8 @@ def format_report(report: dict) -> str:
         "  attention time s: " + ", ".join(f"{k} {v:.3f}" for k, v in report["attention_time_s"].items())
         + "; calls: " + ", ".join(f"{k} {v}" for k, v in report["calls"].items()),
     ]
+    if report.get("complement_cache_mib"):
+        lines.append(f"  complement cache: {report['complement_cache_mib']:.1f} MiB (peak)")
     if report["replans"]:
         lines.append(f"  re-plans: {report['replans']}")
     for item in report["fallbacks"] + report["passthrough"]:

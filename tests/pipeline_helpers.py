@@ -23,13 +23,3 @@ def spy_attention(handle) -> list:
 
     controller.attention = attention
     return calls
-
-
-def assert_all_passed_through(
-    report: dict, layers, count: int, reason: str = "explicit attn_mask (not aligned to 16x16 tiles)"
-) -> None:
-    """No call ran dense/build/sparse: every listed layer passed `count` calls through unchanged for `reason`."""
-    assert report["calls"] == {"dense": 0, "build": 0, "sparse": 0, "fallback": 0}
-    assert {(p["layer"], p["reason"], p["count"]) for p in report["passthrough"]} == {
-        (name, reason, count) for name in layers
-    }

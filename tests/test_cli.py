@@ -12,7 +12,7 @@ from sparse_diffusion.media import read_frames, write_video
 def test_demo_writes_videos_report_and_masks(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--steps", "4", "--frames", "9", "--height", "128", "--width", "128",
-               "--config", '{"block_size": 32, "dense_steps": 1}'])
+               "--weights", "random", "--config", '{"block_size": 32, "dense_steps": 1}'])
     assert rc == 0
     for name in ("dense.mp4", "sparse.mp4", "report.json", "masks.png"):
         assert (out / name).is_file(), name

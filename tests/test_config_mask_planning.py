@@ -125,6 +125,20 @@ def test_topk_policy_budgets_and_forced_blocks():
     assert forced[:, :, :2, :].all() and forced[:, :, :, :2].all()
 
 
+def test_planner_never_keeps_blocks_past_the_valid_keys():
+    """seq_lens_k [B]: key blocks starting at or past a batch element's valid length are dropped, also the forced
+    diagonal and text columns (padded text keys at the end, HunyuanVideo-style)."""
+    mass = torch.full((2, 1, 8, 8), 1 / 8)
+    mass[1, :, :, 5:] = 0.0  # element 1 has 70 valid keys: blocks 5..7 (keys 80..127) hold no mass
+    mass[1, :, :, :5] = 1 / 5
+    cfg = SparseAttentionConfig(policy="topk", topk_ratio=1.0, block_size=16)
+    plan = plan_block_mask(mass, cfg, (128, 128), dense_token_ranges=[(96, 128)], seq_lens_k=torch.tensor([128, 70]))
+    table = plan.to_dense()
+    assert table[0].all()
+    assert table[1, :, :, :5].all() and not table[1, :, :, 5:].any()  # block 4 (keys 64..79) holds valid keys 64..69
+    assert (plan.kv_num_blocks[1] == 5).all()
+
+
 def test_forced_blocks_rectangular_tiles_and_tails():
     forced = forced_blocks((32, 16), (70, 70))
     assert forced.shape == (3, 5)

@@ -162,9 +162,9 @@ def test_sparsed_selection_end_to_end_uses_the_prompt_length(models):
                           sparsed_selection=True, sparse_density_limit=1.0, refresh_threshold=0) as handle:
         original = handle.controller._build
 
-        def build(layer, key, geometry, q, k, v, scale, stats, allowed=None):
+        def build(layer, key, geometry, q, k, v, *args, **kwargs):
             seen[layer] = (q, k)
-            return original(layer, key, geometry, q, k, v, scale, stats, allowed)
+            return original(layer, key, geometry, q, k, v, *args, **kwargs)
 
         handle.controller._build = build
         history = _run(model, "dream", cfg_scale=0.0)

@@ -5,8 +5,17 @@ import pytest
 import torch
 from sparse_diffusion.pipelines.tiny_dlm import build_tiny_masked_lm
 
-from sparse_diffusion import SparseDiffusionError, accelerate_model, accelerate_pipeline, ops, reference
-from sparse_diffusion.interception import block_pattern
+from sparse_diffusion import (
+    SparseAttentionConfig,
+    SparseDiffusionError,
+    accelerate_model,
+    accelerate_pipeline,
+    ops,
+    reference,
+)
+from sparse_diffusion.controller import SparseController
+from sparse_diffusion.interception import SDPAInterceptor, block_pattern
+from sparse_diffusion.planning import plan_block_mask
 
 
 MASK = 63
@@ -65,6 +74,63 @@ def test_dense_stats_with_a_tile_table_match_the_masked_reference(heads, kv_head
     assert torch.allclose(mass.sum(-1), torch.ones(()), atol=1e-5)
     with pytest.raises(SparseDiffusionError, match="bool tile table"):
         ops.dense_attention_with_stats(q, k, v, 16, allowed=allowed[..., :-1])
+
+
+def test_tile_tables_combine_with_per_sample_key_lengths():
+    """`allowed` and `seq_lens_k` together: the build pass attends allowed tiles below each sample's valid keys, the
+    planner keeps neither masked tiles nor blocks past the valid keys, and an empty row is refused."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 2, 96, 16, generator=gen) for _ in range(3))
+    allowed = block_pattern(_block_causal(96, 32), (96, 96), (16, 16))[1]
+    lens = torch.tensor([96, 70], dtype=torch.int32)
+    token = _block_causal(96, 32) & (torch.arange(96) < lens[:, None])[:, None, None, :]
+    ref_out, ref_lse = reference.attention_reference(q, k, v, token_mask=token)
+    _, _, ref_mass = reference.dense_attention_with_stats_reference(q, k, v, (16, 16), allowed=allowed, seq_lens_k=lens)
+    for backend in ("auto", "reference"):
+        out, lse, mass = ops.dense_attention_with_stats(q, k, v, 16, allowed=allowed, seq_lens_k=lens, backend=backend)
+        assert float((out.double() - ref_out).abs().max()) < 1e-5 and float((lse - ref_lse).abs().max()) < 1e-5
+        assert float((mass - ref_mass).abs().max()) < 1e-6
+    assert not bool(mass[1, :, :, 5].any()), "key block 5 (80..95) lies past the second sample's 70 keys"
+    config = SparseAttentionConfig(block_size=16, policy="topk", topk_ratio=1.0)
+    table = plan_block_mask(mass, config, (96, 96), seq_lens_k=lens, allowed=allowed).to_dense()
+    assert torch.equal(table[0], allowed[0].expand(2, 6, 6))
+    assert torch.equal(table[1, :, :, :5], allowed[0, :, :, :5].expand(2, 6, 5)) and not bool(table[1, :, :, 5].any())
+    diagonal = torch.eye(6, dtype=torch.bool)[None, None]  # query blocks 3..5 of the second sample: no valid key
+    with pytest.raises(SparseDiffusionError, match="no allowed key tile"):
+        ops.dense_attention_with_stats(q, k, v, 16, allowed=diagonal, seq_lens_k=[96, 40])
+
+
+@pytest.mark.parametrize("valid, honoured", [((96, 80), True), ((96, 70), False)])
+def test_tile_patterns_with_per_sample_padding_need_tile_aligned_padding(valid, honoured):
+    """A block-causal mask whose padding differs per batch element: honoured through a per-sample tile table when the
+    padding ends on a tile boundary, passed through (with the reason) otherwise; the output is exact either way."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, 96, 16, generator=gen) for _ in range(3))
+    mask = _block_causal(96, 32) & (torch.arange(96) < torch.tensor(valid)[:, None])[:, None, None, :]
+    config = SparseAttentionConfig(block_size=16, dense_steps=1, policy="topk", topk_ratio=1.0, sparse_density_limit=1.0)
+    controller = SparseController(config, ["attn"], lambda: 4)
+    controller.begin_forward(900.0, None)  # step 0 of 4 with one warm-up step: the build step
+    with SDPAInterceptor(controller, "attn"):
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert float((out - expected).abs().max()) < 1e-5
+    if honoured:
+        assert controller.passthrough == {} and controller.stats["attn"].calls == {"build": 1}
+        table = controller.last_masks["attn"].to_dense()
+        assert not bool(table[1, :, :, 5].any()) and torch.equal(table[0], table[0] & _block_causal(6, 2)[0])
+    else:
+        assert dict(controller.passthrough) == {"attn: explicit attn_mask (not aligned to 16x16 tiles)": 1}
+
+
+def test_sparsed_selection_runs_key_padded_calls_dense_and_says_so():
+    config = SparseAttentionConfig(block_size=16, dense_steps=1, policy="topk", sparsed_selection=True)
+    controller = SparseController(config, ["attn"], lambda: 4)
+    controller.begin_forward(900.0, None)
+    q, k, v = torch.randn(2, 2, 64, 16), torch.randn(2, 2, 60, 16), torch.randn(2, 2, 60, 16)
+    dense = torch.zeros(2, 2, 64, 16)
+    assert controller.attention("attn", q, k, v, None, lambda: dense, seq_lens_k=(60, 50)) is dense
+    (reason,) = controller.stats["attn"].fallbacks
+    assert "build failed, ran dense: sparsed_selection does not support masked attention" in reason
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from pipeline_helpers import assert_all_passed_through, run_pipeline, spy_attention  # noqa: E402
+from pipeline_helpers import run_pipeline, spy_attention  # noqa: E402
 from sparse_diffusion.pipelines import ADAPTERS, get_adapter  # noqa: E402
 from sparse_diffusion.pipelines.tiny import TINY_BUILDERS, build_tiny_hunyuan_video_pipeline  # noqa: E402
 
@@ -156,18 +156,59 @@ def test_planned_masks_keep_text_rows_dense(tiny):
         assert not table[:, :, video_rows].all(), "video rows must be sparse"
 
 
-def test_prompts_of_different_lengths_pass_through_dense(tiny):
-    """Two prompts with different valid text lengths: the mask cannot be honoured by one trim, so every joint call
-    runs the original attention, bit-identical, and the report says why."""
-    pipe, _ = tiny
-    call = dict(CALL, prompt=["a red circle", "a blue square moving left"], height=32, width=32)
-    kwargs = dict(num_inference_steps=2, output_type="np")
-    baseline = pipe(**call, **kwargs, generator=torch.Generator().manual_seed(0)).frames
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0) as handle:
-        out = pipe(**call, **kwargs, generator=torch.Generator().manual_seed(0)).frames
+# 4 and 20 valid text tokens of 32: the keys end at 196 and 212, so key block 13 (tokens 208..223) holds valid keys
+# of the long prompt only and must be dropped for the short one
+PROMPTS = ["a red circle", "a red circle and a blue square moving left over a green field under a bright sky at night"]
+LONG_CALL = dict(CALL, max_sequence_length=32)
+
+
+def _batch_and_singles(pipe, **config):
+    """Two prompts of different lengths in one batch (per-sample seeds), then each alone with its seed."""
+    kwargs = dict(LONG_CALL, num_inference_steps=STEPS, output_type="np")
+    with accelerate_pipeline(pipe, **config) as handle:
+        calls = spy_attention(handle)
+        batch = pipe(**dict(kwargs, prompt=PROMPTS), generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
         report = handle.report()
-    assert np.array_equal(out, baseline)
-    assert_all_passed_through(report, LAYERS, 2)
+        singles = [
+            pipe(**dict(kwargs, prompt=p), generator=torch.Generator().manual_seed(s)).frames[0]
+            for s, p in enumerate(PROMPTS)
+        ]
+    return batch.frames, singles, report, calls
+
+
+def test_prompts_of_different_lengths_run_sparse_with_per_sample_key_lengths(tiny):
+    """Two prompts with different valid text lengths: the keys are cut to the longer one and the shorter sample
+    excludes its padded keys through seq_lens_k, so the joint calls run sparse; each video matches its batch-1 run."""
+    pipe, _ = tiny
+    batch, singles, report, calls = _batch_and_singles(
+        pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, mass_threshold=0.8, refresh_threshold=0
+    )
+    assert report["passthrough"] == [] and report["fallbacks"] == []
+    assert report["runs"][0]["sparse_steps"] == STEPS - 1
+    layers = report["layers"]
+    assert all(layers[name]["calls"] == {"build": 1, "sparse": STEPS - 1} for name in LAYERS)
+    assert all(0 < layers[name]["density"] < 1 for name in LAYERS)
+    batched = [c for c in calls if c[3][0] == 2]
+    assert batched and {c[5].shape[2] for c in batched} == {VIDEO + 20}, "keys cut to the longest valid length"
+    for sample, single in zip(batch, singles):
+        assert np.isfinite(sample).all()
+        assert np.abs(sample - single).max() < 1e-4
+
+
+def test_prompts_of_different_lengths_with_keep_all_masks_match_the_dense_run(tiny):
+    pipe, _ = tiny
+    kwargs = dict(LONG_CALL, prompt=PROMPTS, num_inference_steps=STEPS, output_type="np")
+    dense = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    with accelerate_pipeline(
+        pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, policy="topk", topk_ratio=1.0
+    ) as handle:
+        out = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+        report = handle.report()
+    assert report["calls"] == {"dense": 0, "build": len(LAYERS), "sparse": len(LAYERS) * (STEPS - 1), "fallback": 0}
+    head_density = report["layers"]["transformer_blocks.0.attn"]["head_density"]
+    assert head_density == pytest.approx([(1 + 13 / 14) / 2] * 2, abs=1e-6), "the short sample drops key block 13, past its valid keys"
+    assert report["passthrough"] == []
+    assert np.abs(out - dense).max() < 2e-5
 
 
 def test_bad_sizes():

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from pipeline_helpers import assert_all_passed_through, run_pipeline, spy_attention
+from pipeline_helpers import run_pipeline, spy_attention
 from sparse_diffusion.pipelines import ADAPTERS, get_adapter
 from sparse_diffusion.pipelines.tiny import (
     TINY_BUILDERS,
@@ -218,18 +218,50 @@ def test_sd3_skip_layer_guidance_pass_gets_its_own_plan(pipes):
     assert report["layers"]["transformer_blocks.0.attn"]["calls"] == {"dense": 1, "build": 2, "sparse": 5}
 
 
-def test_qwenimage_prompts_of_different_lengths_keep_the_mask_and_pass_through(pipes):
-    """A batch of prompts with different text lengths keeps `encoder_hidden_states_mask`, so the joint calls carry
-    an attention mask: they run the original attention, bit-identical, and the report says why."""
+def test_qwenimage_prompts_of_different_lengths_run_sparse(pipes, monkeypatch):
+    """A batch of prompts with different text lengths keeps `encoder_hidden_states_mask`: the padded text sits before
+    the 64 image tokens, so each joint call is rotated (text behind the image, padding at the end) and runs with
+    per-sample key lengths; the planned text rows/columns follow the rotation."""
+    import sparse_diffusion.controller as controller_module
+
     pipe, _ = pipes["qwenimage"]
-    kwargs = dict(prompt=["a red circle", "a blue square moving left"], true_cfg_scale=1.0, height=128, width=128)
-    call = dict(num_inference_steps=STEPS, output_type="np")
-    baseline = pipe(**kwargs, **call, generator=torch.Generator().manual_seed(0)).images
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0) as handle:
-        out = pipe(**kwargs, **call, generator=torch.Generator().manual_seed(0)).images
+    planned, original = [], controller_module.plan_block_mask
+
+    def spy(block_mass, config, seq_lengths, **kwargs):
+        lens = kwargs["seq_lens_k"]
+        planned.append((tuple(seq_lengths), kwargs["dense_token_ranges"], None if lens is None else lens.tolist()))
+        return original(block_mass, config, seq_lengths, **kwargs)
+
+    monkeypatch.setattr(controller_module, "plan_block_mask", spy)
+    prompts = ["a red circle", "a blue square moving left"]  # 3 + 5 and 5 + 5 text tokens; padded to 10
+    kwargs = dict(true_cfg_scale=1.0, height=128, width=128, num_inference_steps=STEPS, output_type="np")
+
+    def run(prompt, seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return pipe(prompt=prompt, **kwargs, generator=gens if len(gens) > 1 else gens[0]).images
+
+    dense = run(prompts, (0, 1))
+    keep_all = dict(dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, policy="topk", topk_ratio=1.0)
+    with accelerate_pipeline(pipe, **keep_all) as handle:
+        out = run(prompts, (0, 1))
         report = handle.report()
-    assert np.array_equal(out, baseline)
-    assert_all_passed_through(report, LAYERS["qwenimage"], STEPS)
+        singles = [run(p, (s,))[0] for s, p in enumerate(prompts)]
+    assert report["passthrough"] == [] and report["fallbacks"] == []
+    assert report["calls"] == {"dense": 0, "build": 2, "sparse": 2 * (STEPS - 1), "fallback": 0}
+    assert planned[:2] == [((74, 74), [(64, 74)], [72, 74])] * 2
+    assert np.abs(out - dense).max() < 2e-5
+    for sample, single in zip(out, singles):
+        assert np.abs(sample - single).max() < 2e-5
+
+    with accelerate_pipeline(pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, topk_ratio=0.5,
+                             policy="topk", refresh_threshold=0) as handle:
+        sparse = run(prompts, (0, 1))
+        report = handle.report()
+        masks = handle.masks()
+    assert np.isfinite(sparse).all() and report["passthrough"] == [] and 0 < report["density"] < 1
+    assert report["calls"]["sparse"] == 2 * (STEPS - 1)
+    table = masks["transformer_blocks.0.attn"].to_dense()
+    assert table[:, :, 4].all() and table[:, :, :, 4].all(), "the text (tokens 64..73 after the rotation) stays dense"
 
 
 def test_builder_outputs_and_bad_sizes(pipes):

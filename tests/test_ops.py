@@ -277,3 +277,104 @@ def test_expanded_and_degenerate_kv_strides(backend):
     out, _ = ops.block_sparse_attention(q, k1, k1, one, backend=backend)
     ref, _ = block_sparse_attention_reference(q, k1, k1, one)
     assert float((out.double() - ref).abs().max()) < 1e-5
+
+
+# Per-batch valid key lengths (varlen key padding): b, h, hk, s, d, block, seq_lens_k
+VARLEN_CASES = [
+    (2, 2, 2, 97, 64, (32, 32), [97, 40]),  # one full, one cut inside a block
+    (3, 4, 2, 300, 64, (64, 64), [1, 300, 129]),  # a single valid key; GQA; permuted layout
+    (2, 2, 1, 257, 40, (64, 32), [64, 200]),  # cut on a block boundary; odd head dim; rectangular tiles
+]
+
+
+def _varlen_mask(b, h, s, block, lens, seed=0):
+    """Random tiles, plus rows that keep only blocks past the valid length (empty after padding) and a full row."""
+    gen = torch.Generator().manual_seed(seed)
+    qb, kb = -(-s // block[0]), -(-s // block[1])
+    table = torch.rand(b, h, qb, kb, generator=gen) < 0.4
+    table[0, -1, -1] = True  # a full row
+    short = min(range(b), key=lambda i: lens[i])
+    table[short, 0, 0] = False
+    table[short, 0, 0, -1] = True  # only the last block: entirely past the short element's keys
+    return BlockSparseMask.from_dense(table, block, (s, s))
+
+
+def _key_padding(lens, s):
+    """Explicit bool key mask [B, 1, 1, Sk]: True below each batch element's valid length."""
+    return (torch.arange(s)[None, :] < torch.tensor(lens)[:, None])[:, None, None, :]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["cpu", "gather", "reference"])
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}d{c[4]}")
+def test_block_sparse_with_seq_lens_k_matches_masked_float64(case, backend, dtype):
+    b, h, hk, s, d, block, lens = case
+    q, k, v = _qkv(b, h, hk, s, d, dtype, permuted=(s == 300))
+    mask = _varlen_mask(b, h, s, block, lens)
+    token_mask = mask.to_token_mask() & _key_padding(lens, s)
+    ref_out, ref_lse = attention_reference(q, k, v, token_mask=token_mask)
+    out, lse = ops.block_sparse_attention(
+        q, k, v, mask, backend=backend, seq_lens_k=torch.tensor(lens, dtype=torch.int32)
+    )
+    assert out.dtype == dtype and lse.shape == (b, h, s)
+    empty = ~token_mask.any(-1)
+    assert empty[min(range(b), key=lambda i: lens[i]), 0, : block[0]].all(), "kept blocks past the valid length only"
+    assert torch.isneginf(lse[empty]).all() and (out[empty] == 0).all() and torch.isfinite(out).all()
+    torch_err = _same_precision_error(q, k, v, token_mask, ref_out)
+    err = float((out.double() - ref_out).abs().max())
+    assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+    lse_err = float((lse - ref_lse)[~empty].abs().max())
+    assert lse_err <= (1e-5 if dtype == torch.float32 else 2e-2), lse_err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}d{c[4]}")
+def test_dense_with_stats_and_seq_lens_k_match_masked_float64(case, backend, dtype):
+    b, h, hk, s, d, block, lens = case
+    q, k, v = _qkv(b, h, hk, s, d, dtype)
+    out, lse, mass = ops.dense_attention_with_stats(q, k, v, block, backend=backend, seq_lens_k=lens)
+    # float64 PyTorch with an explicit boolean key mask
+    g = h // hk
+    scores = (q.double() @ k.double().repeat_interleave(g, 1).transpose(-1, -2)) / math.sqrt(d)
+    scores = scores.masked_fill(~_key_padding(lens, s), float("-inf"))
+    probs = scores.softmax(-1)
+    ref_out = probs @ v.double().repeat_interleave(g, 1)
+    qb, kb = -(-s // block[0]), -(-s // block[1])
+    padded = F.pad(probs, (0, kb * block[1] - s, 0, qb * block[0] - s))
+    rows = torch.full((qb,), float(block[0]))
+    rows[-1] = s - (qb - 1) * block[0]
+    ref_mass = padded.reshape(b, h, qb, block[0], kb, block[1]).sum((3, 5)) / rows[:, None]
+    assert mass.shape == (b, h, qb, kb) and mass.dtype == torch.float32
+    assert float((mass - ref_mass).abs().max()) < 1e-5
+    past = torch.arange(kb)[None, :] * block[1] >= torch.tensor(lens)[:, None]  # [B, KB] blocks past the valid keys
+    assert past.any() and (mass.permute(0, 2, 3, 1)[past[:, None].expand(b, qb, kb)] == 0).all()
+    assert float((lse - scores.logsumexp(-1)).abs().max()) < (1e-5 if dtype == torch.float32 else 2e-2)
+    full_err = _same_precision_error(q, k, v, _key_padding(lens, s).expand(b, h, s, s), ref_out)
+    assert float((out.double() - ref_out).abs().max()) <= 2 * full_err + 1e-6
+
+
+@pytest.mark.parametrize(
+    "lens, match",
+    [
+        (torch.tensor([64.0, 64.0]), "integer tensor"),
+        (torch.tensor([64]), r"expected \[B\] = \[2\]"),
+        ([64, 0], r"\[1, Sk=128\]"),
+        ([64, 129], r"\[1, Sk=128\]"),
+    ],
+)
+def test_bad_seq_lens_k_raise_clear_errors(lens, match):
+    q, k, v = _qkv(2, 2, 2, 128, 64, torch.float32)
+    mask = _random_mask(2, 2, 128, (64, 64))
+    with pytest.raises(SparseDiffusionError, match=match):
+        ops.block_sparse_attention(q, k, v, mask, backend="gather", seq_lens_k=lens)
+    with pytest.raises(SparseDiffusionError, match=match):
+        ops.dense_attention_with_stats(q, k, v, 64, seq_lens_k=lens)
+
+
+def test_flex_refuses_seq_lens_k_and_auto_skips_it():
+    q, k, v = _qkv(2, 2, 2, 128, 64, torch.float32)
+    mask = _random_mask(2, 2, 128, (64, 64))
+    with pytest.raises(SparseDiffusionError, match="seq_lens_k"):
+        ops.block_sparse_attention(q, k, v, mask, backend="flex", return_lse=False, seq_lens_k=[128, 100])
+    assert "flex" != ops.choose_sparse_backend(q, need_lse=False, varlen=True)

@@ -434,7 +434,7 @@ def test_token_tiles_keep_exact_attention_and_change_the_mask_layout(pipes):
 
 
 class _ToyAttention(torch.nn.Module):
-    """Self-attention over [video | text] whose text padding is masked at the end, as HunyuanVideo does."""
+    """Self-attention whose padded text keys are masked (bool [B, 1, 1, N])."""
 
     def __init__(self):
         super().__init__()
@@ -446,41 +446,103 @@ class _ToyAttention(torch.nn.Module):
 
 
 class _ToyDenoiser(torch.nn.Module):
-    def __init__(self):
+    """[video | text] with the text padding at the end (HunyuanVideo), or [text | video] with the padded text first
+    (Qwen-Image); `valid` holds each batch element's valid text tokens."""
+
+    def __init__(self, text_first: bool = False):
         super().__init__()
         self.attn = _ToyAttention()
+        self.text_first = text_first
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, valid):
-        x = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-        mask = (torch.arange(x.shape[1]) < valid[:, None])[:, None, None, :]
+        text = torch.arange(encoder_hidden_states.shape[1]) < valid[:, None]
+        video = torch.ones(hidden_states.shape[:2], dtype=torch.bool)
+        parts = [(encoder_hidden_states, text), (hidden_states, video)]
+        if not self.text_first:
+            parts.reverse()
+        x = torch.cat([p[0] for p in parts], dim=1)
+        mask = torch.cat([p[1] for p in parts], dim=1)[:, None, None, :]
         return self.attn(x, mask) * (timestep / 1000)
 
 
-def test_trailing_key_padding_masks_are_honoured_by_cutting_the_keys():
+def _record_layout(controller) -> list:
+    """Keyword arguments (call index, seq_lens_k, rotation) of every call the controller serves."""
+    seen, original = [], controller.attention
+
+    def attention(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    controller.attention = attention
+    return seen
+
+
+@pytest.mark.parametrize("text_first", [False, True], ids=["text_last", "text_first"])
+def test_key_padding_masks_run_sparse_with_per_sample_lengths(text_first):
+    """Padded text keys, one length for the batch or one per sample, text last or first: the masked calls run
+    sparse (padded keys moved to the end, cut, and excluded per sample) and keep-all masks match the dense output."""
     from sparse_diffusion.pipelines import Adapter
 
-    toy = _ToyDenoiser().eval()
-    adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position="last")
+    toy = _ToyDenoiser(text_first).eval()
+    position = "first" if text_first else "last"
+    adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position=position)
     video, text = torch.randn(2, 90, 32), torch.randn(2, 20, 32)
 
     def run(valid):
         with torch.no_grad():
             return [toy(video, torch.tensor(float(t)), text, valid) for t in (900, 600, 300, 100)]
 
-    same = torch.tensor([100, 100])  # 10 padded text tokens at the end, one length for the batch
-    baseline = run(same)
-    with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
-                          mass_threshold=1.0, sparse_density_limit=1.0) as handle:
-        outs = run(same)
-        report = handle.report()
-        mask = handle.masks()["attn"]
-    assert report["passthrough"] == [] and report["calls"]["sparse"] == 3
-    assert mask.seq_lengths == (110, 100)
-    for a, b in zip(outs, baseline):
-        assert float((a - b).abs().max()) < 1e-5
-    with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16) as handle:
-        run(torch.tensor([100, 95]))  # lengths differ across the batch: the masked call passes through
-        assert {p["reason"] for p in handle.report()["passthrough"]} == {"explicit attn_mask (not aligned to 16x16 tiles)"}
+    for valid, seq_lens in (([10, 10], None), ([10, 3], (100, 93))):
+        baseline = run(torch.tensor(valid))
+        with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
+                              policy="topk", topk_ratio=1.0, sparse_density_limit=1.0) as handle:
+            seen = _record_layout(handle.controller)
+            outs = run(torch.tensor(valid))
+            report = handle.report()
+            mask = handle.masks()["attn"]
+        assert report["passthrough"] == [] and report["calls"] == {"dense": 0, "build": 1, "sparse": 3, "fallback": 0}
+        assert mask.seq_lengths == (110, 100), "padded keys moved to the end and cut to the longest valid length"
+        assert {(kw["seq_lens_k"], kw["rotation"]) for kw in seen} == {(seq_lens, 20 if text_first else 0)}
+        for a, b in zip(outs, baseline):
+            assert float((a - b).abs().max()) < 1e-5
+    table = mask.to_dense()  # per-sample lengths 100 and 93: key block 6 (96..99) is past the second sample's keys
+    assert table[0].all() and table[1, :, :, :6].all() and not table[1, :, :, 6].any()
+
+
+def test_other_masks_pass_through():
+    """A key mask whose padding is not one run per sample ending at a shared position, nor a tile pattern, cannot be
+    honoured."""
+    from sparse_diffusion.controller import SparseController
+    from sparse_diffusion.interception import SDPAInterceptor
+
+    toy = _ToyAttention().eval()
+    x = torch.randn(2, 110, 32)
+    mask = torch.ones(2, 1, 1, 110, dtype=torch.bool)
+    mask[0, ..., 5] = False  # a hole, then valid keys, then more padding at the end
+    mask[0, ..., 100:] = False
+    with torch.no_grad():
+        baseline = toy(x, mask)
+    controller = SparseController(SparseAttentionConfig(block_size=16, dense_steps=1), ["attn"], lambda: 4)
+    controller.begin_forward(900.0, None)
+    with torch.no_grad(), SDPAInterceptor(controller, "attn"):
+        out = toy(x, mask)
+    assert torch.equal(out, baseline) and dict(controller.passthrough) == {
+        "attn: explicit attn_mask (not aligned to 16x16 tiles)": 1
+    }
+
+
+def test_forced_backend_without_seq_lens_k_support_runs_dense_and_says_so():
+    from sparse_diffusion.controller import SparseController
+
+    config = SparseAttentionConfig(block_size=16, dense_steps=1, backend="flex")
+    controller = SparseController(config, ["attn"], lambda: 4)
+    controller.begin_forward(900.0, None)  # step 0 of 4 with one warm-up step: the build step
+    q, k, v = torch.randn(2, 2, 64, 16), torch.randn(2, 2, 60, 16), torch.randn(2, 2, 60, 16)
+    dense = torch.zeros(2, 2, 64, 16)
+    out = controller.attention("attn", q, k, v, None, lambda: dense, seq_lens_k=(60, 50))
+    assert out is dense and controller.stats["attn"].calls == {"fallback": 1}
+    (reason,) = controller.stats["attn"].fallbacks
+    assert "build failed, ran dense" in reason and "seq_lens_k" in reason
 
 
 @pytest.mark.parametrize("steps, dense_steps, expected_dense", [(2, 0.25, 1), (3, 0.5, 2), (1, 0.5, 1)])
@@ -499,3 +561,31 @@ def test_few_step_schedules_count_dense_steps_in_steps(pipes, steps, dense_steps
     assert np.isfinite(out).all()
     assert report["total_steps"] == steps and report["dense_steps"] == expected_dense
     assert report["sparse_steps"] == steps - expected_dense
+
+
+def test_complement_cache_restores_the_dense_output_when_inputs_repeat():
+    from sparse_diffusion.pipelines import Adapter
+
+    toy = _ToyDenoiser().eval()  # q/k/v do not depend on the timestep: every step sees the build step's inputs
+    adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position="last")
+    video, text = torch.randn(2, 90, 32) * 3, torch.randn(2, 20, 32) * 3
+    valid = torch.tensor([110, 110])
+
+    def run():
+        with torch.no_grad():
+            return [toy(video, torch.tensor(float(t)), text, valid) for t in (900, 600, 300, 100)]
+
+    baseline = run()
+    errors = {}
+    for cache in (False, True):
+        with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
+                              policy="topk", topk_ratio=0.3, sparse_density_limit=1.0, refresh_threshold=0,
+                              keep_text_tokens=False, cache_complement=cache) as handle:
+            outs = run()
+            report = handle.report()
+        assert report["calls"]["sparse"] == 3 and report["density"] < 0.6
+        errors[cache] = max(float((a - b).abs().max()) for a, b in zip(outs[1:], baseline[1:]))
+        expected_mib = (2 * 2 * 110 * 16 * 4 + 2 * 2 * 110 * 4) / 2**20 if cache else 0
+        assert report["complement_cache_mib"] == pytest.approx(expected_mib, abs=1e-3)
+    assert errors[False] > 1e-3, "the mask must drop real mass for this test to mean anything"
+    assert errors[True] < 1e-5, "kept blocks + cached complement must give back dense attention"

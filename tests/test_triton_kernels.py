@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from sparse_diffusion import BlockSparseMask, ops
-from sparse_diffusion.reference import block_sparse_attention_reference, dense_attention_with_stats_reference
+from sparse_diffusion.reference import (
+    attention_reference,
+    block_sparse_attention_reference,
+    dense_attention_with_stats_reference,
+)
 
 
 triton = pytest.importorskip("triton")
@@ -106,6 +110,55 @@ def test_dense_stats_kernel_matches_float64(case, dtype, poisoned):
     assert torch.allclose(mass.sum(-1), torch.ones_like(mass[..., 0]), atol=1e-5)
 
 
+# Per-batch valid key lengths: b, h, hk, s, d, block, permuted, seq_lens_k
+VARLEN_CASES = [
+    (2, 2, 2, 97, 64, (32, 32), False, [97, 40]),  # one full, one cut inside a block
+    (3, 4, 2, 200, 64, (64, 32), True, [1, 200, 96]),  # a single valid key; cut on a block boundary; GQA
+]
+
+
+def _key_padding(lens, s):
+    """Explicit bool key mask [B, 1, 1, Sk] on DEVICE: True below each batch element's valid length."""
+    return (torch.arange(s)[None, :] < torch.tensor(lens)[:, None])[:, None, None, :].to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}")
+def test_block_sparse_kernel_with_seq_lens_k_matches_float64(case, dtype, poisoned):
+    b, h, hk, s, d, block, permuted, lens = case
+    q, k, v = _inputs(b, h, hk, s, s, d, dtype, permuted)
+    mask = _mask(b, h, s, s, block, seed=s)
+    token_mask = mask.to_token_mask() & _key_padding(lens, s)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="triton", seq_lens_k=lens)
+    ref, ref_lse = attention_reference(q, k, v, token_mask=token_mask)
+    empty = ~token_mask.any(-1)
+    assert empty[int(torch.tensor(lens).argmin())].any(), "rows whose kept blocks are all past the valid keys"
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "unwritten (poisoned) elements"
+    assert (out[empty] == 0).all() and torch.isneginf(lse[empty]).all()
+    allowed = 2 * _torch_error(q, k, v, token_mask, 1 / math.sqrt(d), ref) + _ulp(dtype, ref) + 1e-6
+    assert float((out.double() - ref).abs().max()) <= allowed
+    assert float((lse - ref_lse)[~empty].abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=lambda c: f"b{c[0]}h{c[1]}hk{c[2]}s{c[3]}")
+def test_dense_stats_kernel_with_seq_lens_k_matches_float64(case, dtype, poisoned):
+    b, h, hk, s, d, block, permuted, lens = case
+    q, k, v = _inputs(b, h, hk, s, s, d, dtype, permuted)
+    out, lse, mass = ops.dense_attention_with_stats(q, k, v, block, backend="triton", seq_lens_k=lens)
+    padding = _key_padding(lens, s)
+    ref, ref_lse = attention_reference(q, k, v, token_mask=padding)
+    lens_t = torch.tensor(lens, device=DEVICE)
+    _, _, ref_mass = dense_attention_with_stats_reference(q, k, v, block, seq_lens_k=lens_t)  # checked in test_ops
+    assert not any(torch.isnan(t).any() for t in (out, lse, mass)), "unwritten (poisoned) elements"
+    allowed = 2 * _torch_error(q, k, v, padding.expand(b, h, s, s), 1 / math.sqrt(d), ref) + _ulp(dtype, ref) + 1e-6
+    assert float((out.double() - ref).abs().max()) <= allowed
+    assert float((lse - ref_lse).abs().max()) < 1e-4
+    assert float((mass - ref_mass).abs().max()) < 1e-5
+    past = torch.arange(mass.shape[-1], device=DEVICE)[None, :] * block[1] >= lens_t[:, None]
+    assert past.any() and ((mass * past[:, None, None, :]) == 0).all(), "no mass in blocks past the valid keys"
+
+
 def test_scale_and_batch_broadcast_mask(poisoned):
     q, k, v = _inputs(3, 2, 2, 128, 128, 64, torch.float32, False)
     mask = _mask(1, 2, 128, 128, (32, 32), seed=3)  # B=1 mask serves B=3
@@ -117,21 +170,22 @@ def test_scale_and_batch_broadcast_mask(poisoned):
 def test_custom_ops_trace_without_graph_breaks():
     q, k, v = _inputs(1, 2, 2, 64, 64, 32, torch.float32, False)
     mask = _mask(1, 2, 64, 64, (32, 32), seed=0)
+    lens = torch.tensor([50], dtype=torch.int32, device=DEVICE)  # keys 50..63 are padding
 
-    def fn(q, k, v, num, idx):
-        return torch.ops.sparse_diffusion.block_sparse_fwd(q, k, v, num, idx, 32, 32, 0.125)
+    def fn(q, k, v, num, idx, lens):
+        return torch.ops.sparse_diffusion.block_sparse_fwd(q, k, v, num, idx, lens, 32, 32, 0.125)
 
     compiled = torch.compile(fn, backend="eager", fullgraph=True)
-    out, lse = compiled(q, k, v, mask.kv_num_blocks, mask.kv_indices)
-    ref, _ = block_sparse_attention_reference(q, k, v, mask, scale=0.125)
+    out, lse = compiled(q, k, v, mask.kv_num_blocks, mask.kv_indices, lens)
+    ref, _ = block_sparse_attention_reference(q, k, v, mask, scale=0.125, seq_lens_k=lens)
     assert float((out.double() - ref).abs().max()) < 1e-5
     torch.library.opcheck(
         torch.ops.sparse_diffusion.block_sparse_fwd.default,
-        (q, k, v, mask.kv_num_blocks, mask.kv_indices, 32, 32, 0.125),
+        (q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.125),
         test_utils=("test_schema", "test_faketensor"),
     )
     torch.library.opcheck(
-        torch.ops.sparse_diffusion.dense_fwd_stats.default, (q, k, v, 32, 32, 0.125),
+        torch.ops.sparse_diffusion.dense_fwd_stats.default, (q, k, v, lens, 32, 32, 0.125),
         test_utils=("test_schema", "test_faketensor"),
     )
 

@@ -1,0 +1,120 @@
+"""Procedural "moving shapes" clips and their prompts: the training data of the project-trained tiny Wan model.
+
+A clip is one anti-aliased shape (circle, square or triangle) of one colour on a dark background, moving in a
+straight line (left, right, up or down) at a constant speed; the prompt names all three, e.g.
+``"a red circle moving left"``. Sizes and speeds scale with the canvas (radius 15% of the width, travel about
+40% of the width over the clip), so the same prompt draws the same picture at any resolution. Everything is
+drawn with torch from a seeded ``torch.Generator``: a given seed always gives the same clips.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.9, 0.15, 0.1),
+    "green": (0.15, 0.8, 0.2),
+    "blue": (0.15, 0.3, 0.95),
+    "yellow": (0.95, 0.85, 0.1),
+    "purple": (0.6, 0.2, 0.85),
+    "white": (0.95, 0.95, 0.95),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+BACKGROUND = 0.08
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip: what to draw and where. Positions and radius are fractions of the canvas width/height."""
+
+    colour: str
+    shape: str
+    direction: str
+    start: tuple[float, float]  # (x, y) of the centre at frame 0, fractions of width / height
+    travel: float  # distance covered over the clip, fraction of the canvas side along the motion
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.colour} {self.shape} moving {self.direction}"
+
+
+RADIUS = 0.15
+
+
+def all_prompts() -> list[str]:
+    """Every prompt the model was trained on (6 colours x 3 shapes x 4 directions = 72)."""
+    return [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+
+
+#: Fixed prompts of the quality curve and the CI quality test.
+QUALITY_PROMPTS: tuple[str, ...] = (
+    "a red circle moving left", "a blue square moving down", "a yellow triangle moving right",
+    "a green circle moving up",
+)
+
+
+def random_spec(gen: torch.Generator) -> ClipSpec:
+    """A random clip whose shape stays fully inside the canvas for the whole clip."""
+
+    def pick(seq):
+        return seq[int(torch.randint(len(seq), (1,), generator=gen))]
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+    colour, shape, direction = pick(list(COLOURS)), pick(SHAPES), pick(list(DIRECTIONS))
+    travel = uniform(0.3, 0.5)
+    lo, hi = RADIUS + 0.02, 1.0 - RADIUS - 0.02
+    dx, dy = DIRECTIONS[direction]
+    along = uniform(lo, hi - travel)  # start along the motion, measured in its own direction
+    across = uniform(lo, hi)
+    if dx:
+        x = along if dx > 0 else 1.0 - along
+        start = (x, across)
+    else:
+        y = along if dy > 0 else 1.0 - along
+        start = (across, y)
+    return ClipSpec(colour, shape, direction, start, travel)
+
+
+def _signed_distance(shape: str, px: torch.Tensor, py: torch.Tensor, r: float) -> torch.Tensor:
+    """Signed distance in pixels from points (px, py) (relative to the centre) to the shape's edge."""
+    if shape == "circle":
+        return torch.sqrt(px * px + py * py) - r
+    if shape == "square":
+        s = r * 0.85
+        return torch.maximum(px.abs(), py.abs()) - s
+    if shape == "triangle":  # equilateral, pointing up, circumradius r
+        k = math.sqrt(3.0)
+        edges = [
+            py - r / 2,  # bottom edge
+            (k * px - py - r) / 2,  # right edge
+            (-k * px - py - r) / 2,  # left edge
+        ]
+        return torch.stack(torch.broadcast_tensors(*edges)).amax(0)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render(spec: ClipSpec, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """Draws ``spec`` as a float32 video ``[3, num_frames, height, width]`` in [0, 1]."""
+    t = torch.linspace(0.0, 1.0, num_frames).view(-1, 1, 1)
+    dx, dy = DIRECTIONS[spec.direction]
+    cx = (spec.start[0] + dx * spec.travel * t) * width
+    cy = (spec.start[1] + dy * spec.travel * t) * height
+    ys = torch.arange(height, dtype=torch.float32).view(1, -1, 1) + 0.5
+    xs = torch.arange(width, dtype=torch.float32).view(1, 1, -1) + 0.5
+    r = RADIUS * min(height, width)
+    alpha = (0.5 - _signed_distance(spec.shape, xs - cx, ys - cy, r)).clamp(0.0, 1.0)  # [F, H, W]
+    colour = torch.tensor(COLOURS[spec.colour]).view(3, 1, 1, 1)
+    return BACKGROUND + (colour - BACKGROUND) * alpha.unsqueeze(0)
+
+
+def random_batch(gen: torch.Generator, batch: int, num_frames: int, height: int, width: int):
+    """``batch`` random clips ``[B, 3, F, H, W]`` in [0, 1] and their prompts."""
+    specs = [random_spec(gen) for _ in range(batch)]
+    return torch.stack([render(s, num_frames, height, width) for s in specs]), [s.prompt for s in specs]

@@ -1,0 +1,154 @@
+"""Quality against speed: sweep density, dense warm-up and quality levers on fixed prompts and seeds.
+
+Each point of the sweep is one `SparseAttentionConfig` (the base config with a few fields replaced). Every prompt
+is run once dense (through the same hooks with `dense_steps` = all steps, so attention time is measured the same
+way) and once per point with the same seed; PSNR/SSIM compare each sparse video with its dense video (float frames
+in [0, 1], `metrics.compare_videos`), and speed-ups are dense wall time / sparse wall time measured in the same
+process. Figures are means over the prompts. `plot_curve` draws PSNR against attention density and against the
+end-to-end speed-up (matplotlib).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .api import accelerate_pipeline
+from .config import SparseAttentionConfig
+from .metrics import compare_videos
+from .runs import generate
+
+
+logger = logging.getLogger(__name__)
+
+#: (label, config fields replaced on top of the base config); the warm-up x top-k grid, the mass policy, then levers.
+DEFAULT_POINTS: list[tuple[str, dict]] = [
+    *[
+        (f"warm-up {int(ds * 100)}%, top-k {ratio:.2f}", {"dense_steps": ds, "policy": "topk", "topk_ratio": ratio})
+        for ds in (0.1, 0.25, 0.4)
+        for ratio in (0.1, 0.2, 0.3, 0.45, 0.6)
+    ],
+    *[
+        (f"warm-up 25%, mass {thr:.2f}", {"dense_steps": 0.25, "policy": "mass", "mass_threshold": thr})
+        for thr in (0.8, 0.9, 0.95)
+    ],
+    ("warm-up 25%, mass 0.90, complement cache", {"dense_steps": 0.25, "mass_threshold": 0.9, "cache_complement": True}),
+    ("warm-up 25%, mass 0.90, token tiles (2,8,8)", {"dense_steps": 0.25, "mass_threshold": 0.9, "token_tile": (2, 8, 8)}),
+    ("warm-up 25%, mass 0.90, dense first+last layer", {"dense_steps": 0.25, "mass_threshold": 0.9, "dense_layers": (0, -1)}),
+    ("warm-up 25%, mass 0.90, no re-planning", {"dense_steps": 0.25, "mass_threshold": 0.9, "refresh_threshold": 0.0}),
+    ("warm-up 25%, top-k 0.20, complement cache", {"dense_steps": 0.25, "policy": "topk", "topk_ratio": 0.2, "cache_complement": True}),
+]
+
+QUICK_POINTS = [p for p in DEFAULT_POINTS if p[0] in (
+    "warm-up 25%, top-k 0.20", "warm-up 25%, top-k 0.45", "warm-up 25%, mass 0.90",
+    "warm-up 25%, mass 0.90, complement cache",
+)]
+
+
+def run_quality_curve(
+    pipe, calls: list[dict], seeds: list[int], points: list[tuple[str, dict]] | None = None,
+    base: SparseAttentionConfig | None = None, progress: bool = True,
+) -> dict:
+    """Dense and sparse runs of `pipe` for every (call kwargs, seed) and every point.
+
+    Args:
+        pipe: a diffusers pipeline (any `accelerate_pipeline` supports).
+        calls: keyword arguments for `pipe(...)` (prompt, sizes, `num_inference_steps`, `output_type="np"`).
+        seeds: one seed per call.
+        points: (label, config overrides); `DEFAULT_POINTS` when None.
+        base: the config the overrides apply to (defaults: `SparseAttentionConfig()`).
+
+    Returns:
+        `{"dense": [...per call: wall_s, attention_s], "points": [{label, config, density, kept_mass, mean_psnr,
+        min_psnr, mean_ssim, wall_s, speedup, attention_speedup, sparse_steps}]}`; PSNR in dB.
+    """
+    from tqdm.auto import tqdm
+
+    points = DEFAULT_POINTS if points is None else points
+    base = base or SparseAttentionConfig()
+    bar = tqdm(total=len(calls) * (len(points) + 1), desc="quality curve", disable=not progress)
+    dense = []
+    for kwargs, seed in zip(calls, seeds):
+        with accelerate_pipeline(pipe, base.replace(dense_steps=kwargs["num_inference_steps"])) as handle:
+            frames, wall = generate(pipe, kwargs, seed)
+            attn = sum(handle.report()["attention_time_s"].values())
+        dense.append({"frames": frames, "wall_s": wall, "attention_s": attn})
+        bar.update()
+    rows = []
+    for label, overrides in points:
+        config = base.replace(**overrides)
+        per_call = []
+        for (kwargs, seed), ref in zip(zip(calls, seeds), dense):
+            with accelerate_pipeline(pipe, config) as handle:
+                frames, wall = generate(pipe, kwargs, seed)
+                report = handle.report()
+            quality = compare_videos(ref["frames"], frames, data_range=1.0)
+            attn = sum(report["attention_time_s"].values())
+            per_call.append({
+                "psnr": quality["mean_psnr"], "ssim": quality["mean_ssim"], "density": report["density"],
+                "kept_mass": report["kept_mass"], "wall_s": wall, "speedup": ref["wall_s"] / wall,
+                "attention_speedup": ref["attention_s"] / attn if attn else None,
+                "sparse_steps": report["sparse_steps"], "complement_cache_mib": report["complement_cache_mib"],
+            })
+            bar.update()
+
+        rows.append({
+            "label": label, "config": config.to_dict(), "overrides": _jsonable(overrides),
+            "density": _mean(per_call, "density"), "kept_mass": _mean(per_call, "kept_mass"), "mean_psnr": _mean(per_call, "psnr"),
+            "min_psnr": round(min(c["psnr"] for c in per_call), 4), "mean_ssim": _mean(per_call, "ssim"),
+            "wall_s": _mean(per_call, "wall_s"), "speedup": _mean(per_call, "speedup"), "attention_speedup": _mean(per_call, "attention_speedup"),
+            "sparse_steps": per_call[0]["sparse_steps"], "complement_cache_mib": _mean(per_call, "complement_cache_mib"),
+        })
+        logger.info("%s: %s", label, rows[-1])
+    bar.close()
+    return {
+        "dense": [{"wall_s": round(d["wall_s"], 3), "attention_s": round(d["attention_s"], 3)} for d in dense],
+        "points": rows,
+    }
+
+
+def _mean(per_call: list[dict], key: str) -> float | None:
+    values = [c[key] for c in per_call if c[key] is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=list))
+
+
+def plot_curve(result: dict, path: str | Path, title: str = "") -> Path:
+    """PNG with PSNR vs attention density and PSNR vs end-to-end speed-up, one marker per point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict[str, list[dict]] = {}
+    for row in result["points"]:
+        if row["density"] is None:
+            continue
+        key = row["label"].split(",")[0] if "top-k" in row["label"] and row["label"].count(",") == 1 else "levers / mass"
+        groups.setdefault(key, []).append(row)
+    for name, rows in groups.items():
+        style = "o-" if name != "levers / mass" else "s"
+        rows = sorted(rows, key=lambda r: r["density"])
+        axes[0].plot([r["density"] for r in rows], [r["mean_psnr"] for r in rows], style, label=name)
+        axes[1].plot([r["speedup"] for r in rows], [r["mean_psnr"] for r in rows], style.replace("-", ""), label=name)
+    axes[0].set_xlabel("attention density (kept key blocks / all)")
+    axes[1].set_xlabel("end-to-end speed-up vs dense (same process)")
+    for ax in axes:
+        ax.set_ylabel("mean PSNR vs dense run (dB)")
+        ax.grid(alpha=0.3)
+        ax.axhline(30, color="gray", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
