@@ -7,16 +7,21 @@ import torch
 from ..errors import SparseDiffusionError
 from .base import Adapter
 from .cogvideox import COGVIDEOX
+from .diffusion_gemma import DIFFUSION_GEMMA
 from .flux import FLUX
 from .hunyuan_video import HUNYUAN_VIDEO
+from .llada2 import LLADA2
 from .ltx import LTX
+from .masked_lm import MASKED_LM
 from .mochi import MOCHI
 from .qwenimage import QWENIMAGE
 from .sd3 import SD3
 from .wan import WAN
 
 
-ADAPTERS: dict[str, Adapter] = {a.family: a for a in (WAN, COGVIDEOX, FLUX, SD3, LTX, QWENIMAGE, HUNYUAN_VIDEO, MOCHI)}
+ADAPTERS: dict[str, Adapter] = {a.family: a for a in (
+    WAN, COGVIDEOX, FLUX, SD3, LTX, QWENIMAGE, HUNYUAN_VIDEO, MOCHI, MASKED_LM, LLADA2, DIFFUSION_GEMMA
+)}
 
 # Every diffusers attention module; only calls with Sq == Sk and no mask are accelerated.
 GENERIC = Adapter(

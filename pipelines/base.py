@@ -35,6 +35,15 @@ class Adapter:
         temporal_patch: an int `patch_size` also patches time (False: 2-D patches per latent frame, Mochi).
         increasing_timesteps: the scheduler's timesteps go up during a call (Mochi); `accelerate_model` then starts a
             new call when the timestep goes down.
+        step_source: `"timestep"`: steps are counted from the timestep argument's progression (diffusion
+            denoisers); `"forward"`: every denoiser forward is one step (diffusion LMs have no timestep) and the
+            call's step count comes from `begin_call` (the DLM sampler opens one) or `num_inference_steps`.
+        steps_attribute: pipeline attribute read at a call's first forward for its number of steps (LLaDA2:
+            `num_timesteps`); None counts the scheduler's timesteps.
+        call_marker: pipeline method called once at the start of every call, before any denoiser forward; wrapped
+            so that each call starts with fresh state even after an interrupted one.
+        step_module: submodule of the denoiser whose forward marks a step, when the denoiser's own `forward` is
+            called directly (bypassing hooks) or also runs other work (DiffusionGemma: `model.decoder`).
     """
 
     family: str
@@ -49,6 +58,10 @@ class Adapter:
     video_grid: bool = False
     temporal_patch: bool = True
     increasing_timesteps: bool = False
+    step_source: str = "timestep"
+    steps_attribute: str | None = None
+    call_marker: str = "progress_bar"
+    step_module: str | None = None
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """`(name, module)` of every accelerated self-attention module, in module order.
@@ -66,7 +79,10 @@ class Adapter:
                     layers.append((name, m))
         else:
             pattern = re.compile(self.self_attention)
-            layers = [(name, m) for name, m in denoiser.named_modules() if name and pattern.fullmatch(name)]
+            layers = []
+            for name, m in denoiser.named_modules():  # outermost matches only: nested hooks would double-count
+                if name and pattern.fullmatch(name) and not any(name.startswith(outer + ".") for outer, _ in layers):
+                    layers.append((name, m))
         if not layers:
             raise SparseDiffusionError(
                 f"no module of {type(denoiser).__name__} matches the {self.family} self-attention pattern "

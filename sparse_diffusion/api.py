@@ -47,7 +47,7 @@ class SparseHandle:
         self._pipe = pipe
         self.removed = False
         if pipe is not None:
-            _mark_call_starts(pipe, controller)
+            _mark_call_starts(pipe, controller, adapter)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -90,6 +90,19 @@ class SparseHandle:
         """Drop the current call's state and all cached masks (the next forward starts a new call)."""
         self.controller.reset()
 
+    def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
+        """Start a new call at the next forward, with `total_steps` denoising steps (diffusion LMs: forwards; None
+        reads the pipeline scheduler or `num_inference_steps`) and `prompt_length` prompt tokens at the start of the
+        sequence (read by `sparsed_selection`). `dlm.generate` calls this; a hand-written sampling loop should too.
+
+        Raises:
+            SparseDiffusionError: `total_steps` or `prompt_length` is not a positive / non-negative int.
+        """
+        for name, value, low in (("total_steps", total_steps, 1), ("prompt_length", prompt_length, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise SparseDiffusionError(f"{name}={value!r} must be an int >= {low} or None.")
+        self.controller.begin_call(total_steps, prompt_length)
+
     def reset_stats(self) -> None:
         """Clear the accumulated statistics (plans are kept)."""
         self.controller.stats.clear()
@@ -105,7 +118,7 @@ class SparseHandle:
             if getattr(denoiser, _HANDLE_ATTR, None) is self:
                 delattr(denoiser, _HANDLE_ATTR)
         if self._pipe is not None:
-            _unmark_call_starts(self._pipe)
+            _unmark_call_starts(self._pipe, self.adapter)
         self.controller.reset()
         self.removed = True
 
@@ -121,29 +134,44 @@ class SparseHandle:
         return f"SparseHandle({self.adapter.family}, {', '.join(self.denoisers)}, {state})"
 
 
-_PROGRESS_ATTR = "_sparse_diffusion_progress_bar"
+def begin_call(model: Any, total_steps: int | None = None, prompt_length: int | None = None) -> bool:
+    """`SparseHandle.begin_call` on the handle of an accelerated `model`; returns False (and does nothing) when the
+    model is not accelerated, so samplers can call it unconditionally."""
+    handle = getattr(model, _HANDLE_ATTR, None)
+    if handle is None or handle.removed:
+        return False
+    handle.begin_call(total_steps, prompt_length)
+    return True
 
 
-def _mark_call_starts(pipe: Any, controller: SparseController) -> None:
-    """Every diffusers pipeline opens `self.progress_bar(total=...)` right before its denoising loop: wrap that
-    instance method so each call starts fresh even when the previous call was interrupted (Ctrl-C, an exception)
-    and never reached `maybe_free_model_hooks`."""
-    original = getattr(pipe, "progress_bar", None)
-    if original is None or getattr(pipe, _PROGRESS_ATTR, None) is not None:
+_MARKER_ATTR = "_sparse_diffusion_call_marker"
+
+
+def _mark_call_starts(pipe: Any, controller: SparseController, adapter: Adapter) -> None:
+    """Every call runs `adapter.call_marker` once before its first denoiser forward (diffusers pipelines open
+    `self.progress_bar(total=...)` right before the denoising loop; `LLaDA2Pipeline` calls `check_inputs`): wrap that
+    instance method so each call starts fresh even when the previous one was interrupted (Ctrl-C, an exception) and
+    never reached `maybe_free_model_hooks`. One-step-per-forward adapters open a call whose step count is read at its
+    first forward."""
+    name = adapter.call_marker
+    original = getattr(pipe, name, None)
+    if original is None or getattr(pipe, _MARKER_ATTR, None) is not None:
         return
+    start = controller.begin_call if adapter.step_source == "forward" else controller.reset
 
-    def progress_bar(*args, **kwargs):
-        controller.reset()
+    def marker(*args, **kwargs):
+        start()
         return original(*args, **kwargs)
 
-    setattr(pipe, _PROGRESS_ATTR, original)
-    pipe.progress_bar = progress_bar
+    setattr(pipe, _MARKER_ATTR, name)
+    setattr(pipe, name, marker)
 
 
-def _unmark_call_starts(pipe: Any) -> None:
-    if getattr(pipe, _PROGRESS_ATTR, None) is not None:
-        del pipe.progress_bar  # the class method shows through again
-        delattr(pipe, _PROGRESS_ATTR)
+def _unmark_call_starts(pipe: Any, adapter: Adapter) -> None:
+    name = getattr(pipe, _MARKER_ATTR, None)
+    if name is not None:
+        delattr(pipe, name)  # the class method shows through again
+        delattr(pipe, _MARKER_ATTR)
 
 
 def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionConfig) -> None:
@@ -194,7 +222,8 @@ def _accelerate(
             raise SparseDiffusionError(f"expected a torch.nn.Module denoiser, got {type(denoiser).__name__}.")
         _check_not_parallel(denoiser)
         _check_backend_can_serve(denoiser, config)
-    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None:
+    per_forward = adapter.step_source == "forward"  # the sampler tells each call's steps (begin_call)
+    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None and not per_forward:
         raise SparseDiffusionError(
             f"dense_steps={config.dense_steps} is a fraction, but accelerate_model() does not know the number of "
             "denoising steps; pass num_inference_steps=... or an int dense_steps."
@@ -215,6 +244,7 @@ def _accelerate(
         total_steps_fn,
         restart_on_timestep_increase=restart,
         text_position=adapter.text_position,
+        step_per_forward=per_forward,
         increasing_timesteps=adapter.increasing_timesteps,
     )
     torch_hooks = {c: install_hooks(d, controller, adapter, layers[c]) for c, d in denoisers.items()}
@@ -233,7 +263,9 @@ def accelerate_pipeline(
     Args:
         pipe: a diffusers pipeline with a supported denoiser in `pipe.transformer` (Wan, CogVideoX, Flux, SD3, LTX,
             Qwen-Image, HunyuanVideo, Mochi; see the README table; Wan 2.2's `transformer_2` is accelerated too, with
-            its own plans) and a scheduler whose `timesteps` give the number of denoising steps.
+            its own plans) and a scheduler whose `timesteps` give the number of denoising steps; or a diffusion-LM
+            pipeline with its LM in `pipe.model` (`LLaDA2Pipeline`: one step per forward, `pipe.num_timesteps` steps
+            per call).
         config: `SparseAttentionConfig`; default settings when `None`.
         adapter: adapter name or instance; looked up from the denoiser class when `None`. `"generic"` accelerates
             every square, unmasked self-attention call of an unknown model.
@@ -248,11 +280,12 @@ def accelerate_pipeline(
             context-parallel models.
     """
     config = _make_config(config, overrides)
-    found = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2")}
+    found = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2", "model")}
     found = {name: module for name, module in found.items() if isinstance(module, torch.nn.Module)}
     if not found:
         raise SparseDiffusionError(
-            f"{type(pipe).__name__} has no `transformer` denoiser; for a UNet or a bare model use accelerate_model()."
+            f"{type(pipe).__name__} has no `transformer` (or `model`) denoiser; for a UNet or a bare model use "
+            "accelerate_model()."
         )
     resolved = get_adapter(next(iter(found.values())), adapter)
     denoisers = {name: module for name, module in found.items() if name in resolved.denoiser_components}
@@ -260,6 +293,8 @@ def accelerate_pipeline(
         denoisers = found
 
     def total_steps() -> int | None:
+        if resolved.steps_attribute is not None:
+            return getattr(pipe, resolved.steps_attribute, None)
         return count_denoising_steps(getattr(getattr(pipe, "scheduler", None), "timesteps", None))
 
     return _accelerate(denoisers, config, resolved, total_steps, restart=False, pipe=pipe)

@@ -165,6 +165,11 @@ def flex_block_sparse(
     return _flex()(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa), None
 
 
+def tile_token_mask(allowed: torch.Tensor, block_size: tuple[int, int], rows: torch.Tensor, sk: int) -> torch.Tensor:
+    """Bool [B or 1, H or 1, len(rows), Sk] token mask of the query positions `rows` from a tile table [.., QB, KB]."""
+    return allowed[:, :, rows // block_size[0]].repeat_interleave(block_size[1], -1)[..., :sk]
+
+
 def chunked_dense_with_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -172,12 +177,13 @@ def chunked_dense_with_stats(
     block_size: tuple[int, int],
     scale: float,
     seq_lens_k: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dense attention, LSE and per-tile mass (see `_chunked_dense_with_stats`). With `seq_lens_k` (int32 [B])
     the batch elements of each valid length run together on their keys cut to that length; tiles past it get mass
-    0."""
+    0. `allowed` (bool tile table [B or 1, H or 1, QB, KB]) restricts every query to the keys of its allowed tiles."""
     if seq_lens_k is None:
-        return _chunked_dense_with_stats(q, k, v, block_size, scale)
+        return _chunked_dense_with_stats(q, k, v, block_size, scale, allowed)
     b, h, sq = q.shape[:3]
     lengths = seq_lens_k.tolist()
     out = torch.empty(b, h, sq, v.shape[-1], dtype=q.dtype, device=q.device)
@@ -185,16 +191,21 @@ def chunked_dense_with_stats(
     mass = torch.zeros(b, h, num_blocks(sq, block_size[0]), num_blocks(k.shape[2], block_size[1]), device=q.device)
     for length in sorted(set(lengths)):
         idx = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=q.device)
-        o, l, m = _chunked_dense_with_stats(q[idx], k[idx, :, :length], v[idx, :, :length], block_size, scale)
+        tiles = None
+        if allowed is not None:
+            tiles = (allowed[idx] if allowed.shape[0] > 1 else allowed)[..., : num_blocks(length, block_size[1])]
+        o, l, m = _chunked_dense_with_stats(q[idx], k[idx, :, :length], v[idx, :, :length], block_size, scale, tiles)
         out[idx], lse[idx] = o, l
         mass[idx, :, :, : m.shape[-1]] = m
     return out, lse, mass
 
 
 def _chunked_dense_with_stats(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: tuple[int, int], scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: tuple[int, int], scale: float,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact dense attention, LSE and per-tile mass, chunked over query blocks (never Sq x Sk at once).
+    """Exact dense attention, LSE and per-tile mass, chunked over query blocks (never Sq x Sk at once). `allowed`
+    (bool tile table [B or 1, H or 1, QB, KB]) restricts every query to the keys of its allowed tiles.
 
     On CPU without GQA the output and LSE come from PyTorch's fused flash kernel and one extra pass recomputes the
     scores chunk by chunk to sum `exp(s - lse)` per tile; otherwise each chunk's scores give LSE, output and mass.
@@ -210,7 +221,7 @@ def _chunked_dense_with_stats(
     kc = k.to(acc)
     k_t = kc.transpose(-1, -2)
     dv = v.shape[-1]
-    fused = q.device.type == "cpu" and groups == 1
+    fused = q.device.type == "cpu" and groups == 1 and allowed is None
     if fused:
         out, lse = _attend_with_lse(q, k, v, scale)
         vc = None
@@ -230,6 +241,9 @@ def _chunked_dense_with_stats(
         if r not in buffers:
             buffers[r] = torch.empty(b, hk, groups * r, sk, dtype=acc, device=q.device)
         scores = torch.matmul(qc, k_t, out=buffers[r])
+        if allowed is not None:
+            keep = tile_token_mask(allowed, block_size, torch.arange(s, e, device=q.device), sk)
+            scores.view(b, h, r, sk).masked_fill_(~keep, float("-inf"))
         if fused:
             row_lse = lse[:, :, s:e].to(acc).reshape(b, hk, groups * r)
         else:

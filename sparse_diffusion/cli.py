@@ -69,6 +69,7 @@ def _prepare_cpu_kernel() -> None:
 def cmd_demo(args) -> int:
     from .runs import call_kwargs, paired_run
 
+    config = _load_config(args.config)  # before the (slow) load, so a bad --config fails at once
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _prepare_cpu_kernel()
     if args.weights == "trained":
@@ -102,7 +103,7 @@ def cmd_demo(args) -> int:
         pipe, prompt=args.prompt, steps=args.steps, height=args.height or size, width=args.width or size,
         frames=args.frames, guidance_scale=guidance,
     )
-    report = paired_run(pipe, kwargs, _load_config(args.config), args.seed, Path(args.out), extra=extra)
+    report = paired_run(pipe, kwargs, config, args.seed, Path(args.out), extra=extra)
     _print_paired(report, Path(args.out))
     return 0
 

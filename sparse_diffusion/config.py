@@ -39,6 +39,13 @@ class SparseAttentionConfig:
             Share of a query block's softmax mass the kept key blocks must cover, in (0, 1]. Higher keeps more blocks.
         topk_ratio (`float`, defaults to `0.3`):
             Share of key blocks kept per query block by `policy="topk"`, in (0, 1].
+        sparsed_selection (`bool`, defaults to `False`):
+            SparseD's "isolated" selection for diffusion LMs (needs `policy="topk"`): per head and query block,
+            `int(topk_ratio * n) + 1` key blocks are taken separately among the prompt key blocks (ranked by the
+            tile-mean softmax probability over all keys) and among the generated key blocks (softmax over generated
+            keys only), then OR-ed; a block straddling the prompt end counts as prompt. No diagonal is forced and
+            `min_kv_blocks` / `max_density` do not apply. The prompt length comes from `begin_call` (unknown: all
+            keys count as generated). Softmax scale: the call's (1/sqrt(head_dim) by default).
         min_kv_blocks (`int`, defaults to `1`):
             Floor on key blocks chosen per query block (before the always-kept diagonal and text blocks).
         max_density (`float`, defaults to `1.0`):
@@ -79,6 +86,7 @@ class SparseAttentionConfig:
     policy: str = "mass"
     mass_threshold: float = 0.9
     topk_ratio: float = 0.3
+    sparsed_selection: bool = False
     min_kv_blocks: int = 1
     max_density: float = 1.0
     dense_layers: tuple[str | int, ...] = field(default_factory=tuple)
@@ -146,9 +154,14 @@ class SparseAttentionConfig:
                     f"token_tile={tile!r} must be three positive ints (frames, rows, columns), e.g. (2, 8, 8), or None."
                 )
             self.token_tile = tuple(int(t) for t in tile)
-        for name in ("cache_complement", "keep_text_tokens", "collect_timings"):
+        for name in ("cache_complement", "keep_text_tokens", "collect_timings", "sparsed_selection"):
             if not isinstance(getattr(self, name), bool):
                 raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
+        if self.sparsed_selection and (self.policy != "topk" or self.max_density < 1.0):
+            raise SparseDiffusionError(
+                f"sparsed_selection=True is SparseD's top-k rule: it needs policy='topk' (got {self.policy!r}) and "
+                f"max_density=1.0 (got {self.max_density}); set policy='topk' or sparsed_selection=False."
+            )
         if isinstance(self.dense_layers, (str, int)):
             self.dense_layers = (self.dense_layers,)
         if not isinstance(self.dense_layers, (tuple, list)):
@@ -174,8 +187,8 @@ class SparseAttentionConfig:
         if total_steps is None:
             raise SparseDiffusionError(
                 f"dense_steps={self.dense_steps} is a fraction, but the number of denoising steps of this call is "
-                "unknown (no pipeline scheduler). Give dense_steps as an int, or pass num_inference_steps to "
-                "accelerate_model()."
+                "unknown (no pipeline scheduler). Give dense_steps as an int, pass num_inference_steps to "
+                "accelerate_model(), or open each call with handle.begin_call(total_steps) (dlm.generate does)."
             )
         return max(1, math.ceil(self.dense_steps * total_steps - 1e-9))
 

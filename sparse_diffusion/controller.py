@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 
 from . import ops
-from .block_mask import BlockSparseMask
+from .block_mask import BlockSparseMask, num_blocks
 from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
-from .planning import kept_mass, plan_block_mask
+from .planning import kept_mass, plan_block_mask, plan_sparsed_mask
 from .reorder import tile_permutation
 
 
@@ -49,6 +49,7 @@ class LayerPlan:
     refresh: bool = False
     complement: torch.Tensor | None = None  # [B, H, Sq, D]: dropped blocks' share of the dense output (cache_complement)
     complement_mass: torch.Tensor | None = None  # [B, H, Sq, 1] float32: their softmax mass, 1 - kept share
+    allowed: torch.Tensor | None = None  # tile table of the call's attention mask (block-causal, ...) or None
 
 
 @dataclass
@@ -90,6 +91,8 @@ class SparseController:
         restart_on_timestep_increase: start a new call when the timestep moves against the schedule (used when no
             pipeline marks call boundaries, e.g. `accelerate_model`).
         increasing_timesteps: the schedule's timesteps go up (Mochi); a restart is then a timestep going down.
+        step_per_forward: every forward is one step (diffusion LMs: no timestep). A call starts at `begin_call`, at
+            the first forward, or, when no call was opened, once the forwards of the last call reach its steps.
         text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
             `None` (no text tokens); their count comes from `begin_forward`.
     """
@@ -102,8 +105,10 @@ class SparseController:
         restart_on_timestep_increase: bool = False,
         text_position: str | None = None,
         increasing_timesteps: bool = False,
+        step_per_forward: bool = False,
     ) -> None:
         self.config = config
+        self.step_per_forward = step_per_forward
         self.text_position = text_position
         self.layer_names = list(layer_names)
         self.dense_layer_names = self._resolve_dense_layers(config.dense_layers)
@@ -149,30 +154,56 @@ class SparseController:
         self.context: tuple | None = None
         self.text_len = 0
         self.grid: tuple[int, int, int] | None = None
+        self.prompt_len: int | None = None
+        self._opened: dict | None = None  # set by begin_call, consumed by the call's first forward
+        self._explicit_call = False
+        self._dense_error: SparseDiffusionError | None = None
         self._forwards_this_step: Counter = Counter()
         self.plans.clear()
 
-    def begin_forward(
-        self, timestep: float, context_name: str | None, text_len: int = 0, grid: tuple[int, int, int] | None = None
-    ) -> None:
-        """Called before every denoiser forward with the (max) timestep value of that forward, the joint text length
-        and the latent token grid (F', H', W') when the adapter knows it."""
-        backwards = self.last_t is not None and (
-            timestep < self.last_t - 1e-6 if self.increasing_timesteps else timestep > self.last_t + 1e-6
-        )
-        new_call = (
-            self.last_t is None
-            or (self.restart_on_timestep_increase and backwards)
-            or (timestep != self.last_t and self.total_steps is not None and self.step + 1 >= self.total_steps)
-        )
-        if new_call:
-            self.reset()
-            self.step = 0
-            self.total_steps = self.total_steps_fn()
+    def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
+        """Start a new call at the next forward: `total_steps` steps (None: ask `total_steps_fn`), prompt tokens
+        first in the sequence (`prompt_length`, used by `sparsed_selection`). Drops the cached plans."""
+        self.reset()
+        self._opened = {"total_steps": total_steps, "prompt_length": prompt_length}
+
+    def _start_call(self) -> None:
+        opened = self._opened
+        self.reset()
+        self.step = 0
+        self._explicit_call = opened is not None
+        total = opened["total_steps"] if opened else None
+        self.total_steps = total if total is not None else self.total_steps_fn()
+        self.prompt_len = opened["prompt_length"] if opened else None
+        try:
             self.num_dense_steps = self.config.resolve_dense_steps(self.total_steps)
             warmup = self.num_dense_steps if self.total_steps is None else min(self.num_dense_steps, self.total_steps)
-            self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
-        elif timestep != self.last_t:
+        except SparseDiffusionError as exc:  # raised by the first call that needs it: a model may have none
+            self._dense_error, warmup = exc, None
+        self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
+
+    def begin_forward(
+        self, timestep: float | None, context_name: str | None, text_len: int = 0,
+        grid: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Called before every denoiser forward with the (max) timestep value of that forward (None in
+        `step_per_forward` mode), the joint text length and the latent token grid (F', H', W') when known."""
+        exhausted = self.total_steps is not None and self.step + 1 >= self.total_steps and not self._explicit_call
+        if self.step_per_forward:
+            new_call, next_step = self.step < 0 or exhausted, True
+        else:
+            backwards = self.last_t is not None and (
+                timestep < self.last_t - 1e-6 if self.increasing_timesteps else timestep > self.last_t + 1e-6
+            )
+            new_call = (
+                self.last_t is None
+                or (self.restart_on_timestep_increase and backwards)
+                or (timestep != self.last_t and exhausted)
+            )
+            next_step = timestep != self.last_t
+        if new_call:
+            self._start_call()
+        elif next_step:
             self.step += 1
             self._forwards_this_step.clear()
         self.last_t = timestep
@@ -193,9 +224,11 @@ class SparseController:
 
     # ---- per-call decisions --------------------------------------------------------------------------------
 
-    def _phase(self, layer: str, key: tuple, geometry: tuple) -> tuple[Phase, str | None]:
+    def _phase(self, layer: str, key: tuple, geometry: tuple, allowed) -> tuple[Phase, str | None]:
         if layer in self.dense_layer_names:
             return Phase.DENSE, None
+        if self._dense_error is not None:
+            raise self._dense_error
         last_dense = self.num_dense_steps - 1
         if self.step < last_dense:
             return Phase.DENSE, None
@@ -208,6 +241,8 @@ class SparseController:
             return Phase.BUILD, "no plan for this context"
         if plan.geometry != geometry:
             return Phase.BUILD, "input geometry changed"
+        if (plan.allowed is None) != (allowed is None) or (allowed is not None and not torch.equal(plan.allowed, allowed)):
+            return Phase.BUILD, "attention mask changed"
         if plan.refresh:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
         return Phase.SPARSE, None
@@ -247,6 +282,7 @@ class SparseController:
     def attention(
         self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
         *, call_index: int = 0, seq_lens_k: tuple[int, ...] | None = None, rotation: int = 0,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Serve one eligible self-attention call; `dense_fn()` runs the original.
 
@@ -256,15 +292,17 @@ class SparseController:
             seq_lens_k: valid keys per batch element when they differ (varlen key padding), else None.
             rotation: the tokens arrive rotated left by this many positions (a padded run moved to the end);
                 text ranges are rotated alike. `dense_fn` returns the output in the same rotated order.
+            allowed: the call's attention mask as a bool tile table [B or 1, H or 1, QB, KB] (block-causal, ...):
+                the build pass attends only allowed tiles and the planned masks keep only those; None when unmasked.
         """
         text_len = self._call_text_len(q.shape[2])
-        perm = None if rotation else self._tile_permutation(q, k, text_len)
+        perm = None if rotation or allowed is not None else self._tile_permutation(q, k, text_len)
         geometry = (
             tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None, seq_lens_k,
             rotation,
         )
         key = (self.context, layer, call_index)
-        phase, replan_reason = self._phase(layer, key, geometry)
+        phase, replan_reason = self._phase(layer, key, geometry, allowed)
         if perm is not None and phase in (Phase.BUILD, Phase.SPARSE):
             order, inverse = perm
             q, k, v = (t.index_select(2, order) for t in (q, k, v))
@@ -280,7 +318,7 @@ class SparseController:
                 try:
                     lens = None if seq_lens_k is None else torch.tensor(seq_lens_k, dtype=torch.int32, device=q.device)
                     ranges = self._text_ranges(q.shape[2], text_len, rotation)
-                    out = self._build(layer, key, geometry, q, k, v, scale, stats, ranges, lens)
+                    out = self._build(layer, key, geometry, q, k, v, scale, stats, ranges, lens, allowed, rotation)
                     if perm is not None:
                         out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
@@ -303,16 +341,28 @@ class SparseController:
         timer.add_to(stats, phase.value)
         return out
 
-    def _build(self, layer, key, geometry, q, k, v, scale, stats, text_ranges, seq_lens_k) -> torch.Tensor:
+    def _build(
+        self, layer, key, geometry, q, k, v, scale, stats, text_ranges, seq_lens_k, allowed=None, rotation=0
+    ) -> torch.Tensor:
+        if self.config.sparsed_selection and (allowed is not None or seq_lens_k is not None or rotation):
+            raise SparseDiffusionError(
+                "sparsed_selection does not support masked attention (a tile-pattern mask such as block-causal, or "
+                "key padding)"
+            )
         backend = ops.choose_sparse_backend(  # first: a backend that cannot serve fails before the costly pass
             q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
         )
         out, lse, mass = ops.dense_attention_with_stats(
             q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend),
-            seq_lens_k=seq_lens_k,
+            seq_lens_k=seq_lens_k, allowed=allowed,
         )
         sq, sk = q.shape[2], k.shape[2]
-        mask = plan_block_mask(mass, self.config, (sq, sk), dense_token_ranges=text_ranges, seq_lens_k=seq_lens_k)
+        if self.config.sparsed_selection:
+            mask = self._plan_sparsed(mass, q, k, v, scale)
+        else:
+            mask = plan_block_mask(
+                mass, self.config, (sq, sk), dense_token_ranges=text_ranges, seq_lens_k=seq_lens_k, allowed=allowed
+            )
         build_kept = kept_mass(mass, mask)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
         head_density = mask.density().mean(0)
@@ -320,7 +370,7 @@ class SparseController:
         dense_reason = None
         if density > limit:
             dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
-        plan = LayerPlan(mask, lse, geometry, head_density, backend, seq_lens_k, dense_reason)
+        plan = LayerPlan(mask, lse, geometry, head_density, backend, seq_lens_k, dense_reason, allowed=allowed)
         if self.config.cache_complement and dense_reason is None:
             plan.complement, plan.complement_mass = self._complement(out, lse, q, k, v, plan, scale)
         self.plans[key] = plan
@@ -330,6 +380,20 @@ class SparseController:
         self.last_masks[layer] = mask.to("cpu")
         stats.build_kept_mass_sum = _add(stats.build_kept_mass_sum, build_kept.mean(0))
         return out
+
+    def _plan_sparsed(self, mass, q, k, v, scale) -> BlockSparseMask:
+        """SparseD's selection: a second stats pass gives the tile mass with the softmax over generated keys only."""
+        bk, sk = self.config.block_size[1], k.shape[2]
+        start = min(num_blocks(sk, bk), num_blocks(self.prompt_len or 0, bk)) * bk
+        generated = None
+        if start < sk:
+            _, _, generated = ops.dense_attention_with_stats(
+                q, k[:, :, start:], v[:, :, start:], self.config.block_size, scale=scale,
+                backend=_stats_backend(self.config.backend),
+            )
+        return plan_sparsed_mask(
+            mass, generated, self.config.topk_ratio, self.config.block_size, (q.shape[2], sk), self.prompt_len or 0
+        )
 
     @staticmethod
     def _complement(out, lse, q, k, v, plan: LayerPlan, scale) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,7 +460,8 @@ class SparseController:
             run["steps_run"] = len(seen)  # below total_steps when the call was interrupted
             run["sparse_steps"] = len(sparse)
             # steps after the warm-up in which no layer ran sparse (re-plans, break-even fallbacks, errors)
-            run["dense_fallback_steps"] = len({s for s in seen if s >= run["dense_steps"]} - sparse)
+            warmup = run["dense_steps"] if run["dense_steps"] is not None else len(seen)  # None: never resolved
+            run["dense_fallback_steps"] = len({s for s in seen if s >= warmup} - sparse)
             runs.append(run)
         return runs
 

@@ -47,8 +47,9 @@ class DenoiserStepHook(ModelHook):
 
     @torch.compiler.disable  # Python call state: runs eagerly inside a compiled denoiser
     def before_forward(self, module, args, kwargs):
+        timed = self.adapter.step_source == "timestep"
         self.controller.begin_forward(
-            self.adapter.read_timestep(module, args, kwargs),
+            self.adapter.read_timestep(module, args, kwargs) if timed else None,
             self.context_name(),
             self.adapter.text_length(module, args, kwargs),
             self.adapter.token_grid(module, args, kwargs),
@@ -91,9 +92,10 @@ def install_hooks(denoiser, controller, adapter, layers: list[tuple[str, object]
     """
     step_hook = DenoiserStepHook(controller, adapter)
     HookRegistry.check_if_exists_or_initialize(denoiser).register_hook(step_hook, DENOISER_HOOK)
+    stepper = denoiser.get_submodule(adapter.step_module) if adapter.step_module else denoiser
     handles = [
-        denoiser.register_forward_pre_hook(step_hook.before_forward, with_kwargs=True),
-        denoiser.register_forward_hook(step_hook.after_forward, with_kwargs=True, always_call=True),
+        stepper.register_forward_pre_hook(step_hook.before_forward, with_kwargs=True),
+        stepper.register_forward_hook(step_hook.after_forward, with_kwargs=True, always_call=True),
     ]
     for name, module in layers:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(AttentionLayerHook(controller, name), ATTENTION_HOOK)

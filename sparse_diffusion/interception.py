@@ -5,12 +5,21 @@ Every diffusers processor ends in SDPA, directly (CogVideoX, SD3, Mochi) or thro
 and RoPE with no copied processor. A module may call SDPA several times per forward (Mochi: once per batch element);
 each call carries its index so it gets its own plan.
 
-Key-padding masks are honoured without a mask: when each batch element's masked keys form one run ending at a
-position shared by the batch, the sequence is rotated so that run sits at the end (queries, keys and values alike;
-attention is equivariant to that permutation, and the output is rotated back), the keys are cut to the longest
-valid length, and shorter batch elements pass their valid key counts as `seq_lens_k`. HunyuanVideo's padded text
-LAST needs no rotation; Qwen-Image's padded text FIRST moves behind the image tokens. Calls the sparse path cannot
-honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are counted in the report.
+Masks (bool, or additive with only 0 and -inf / the dtype's min) are honoured without a mask in two forms:
+
+- Key padding ([B or 1, 1, 1, Sk]): when each batch element's masked keys form one run ending at a position shared by
+  the batch, the sequence is rotated so that run sits at the end (queries, keys and values alike; attention is
+  equivariant to that permutation, and the output is rotated back), the keys are cut to the longest valid length,
+  and shorter batch elements pass their valid key counts as `seq_lens_k`. HunyuanVideo's padded text LAST needs no
+  rotation; Qwen-Image's padded text FIRST moves behind the image tokens.
+- Tile patterns (any other [B or 1, H or 1, Sq or 1, Sk] mask): keys masked for every query at the end are cut off,
+  and what remains must be whole tiles attended or masked (a block-causal mask over blocks that are multiples of the
+  tiles, as LLaDA2 uses); the tile table (`allowed`) goes to the build pass and the planner keeps only allowed tiles.
+  A tile pattern combined with padding of a different length per batch element is honoured only when that padding
+  is tile-aligned too; otherwise the call passes through ("not aligned to ... tiles").
+
+Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are
+counted in the report with the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from .block_mask import block_lengths, num_blocks
 
 
 _SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
@@ -32,9 +43,24 @@ def bind_sdpa_args(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
+def attended_keys(mask: torch.Tensor, sk: int) -> torch.Tensor | str:
+    """Bool form of an SDPA `attn_mask` [.., Sk] (True: the query may attend the key) for a bool mask or an additive
+    one holding only 0 and -inf / the dtype's min (as transformers writes them); a pass-through reason otherwise."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != sk:
+        return "explicit attn_mask (not a [B, H, Sq, Sk] mask)"
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point():
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
+        if not bool(((mask == 0) | blocked).all()):
+            return "explicit attn_mask (an additive bias, not 0 / -inf)"
+        return ~blocked
+    return f"explicit attn_mask (dtype {mask.dtype})"
+
+
 def key_padding(mask: torch.Tensor, k: torch.Tensor) -> tuple[list[int], int] | None:
-    """Read a key-padding mask: [B or 1, 1, 1, Sk], bool or additive 0/-inf, whose masked keys form one run per
-    batch element ending at a position `end` shared by the batch, every key from `end` on being valid.
+    """Read a key-padding mask: [B or 1, 1, 1, Sk] (see `attended_keys`), whose masked keys form one run per batch
+    element ending at a position `end` shared by the batch, every key from `end` on being valid.
 
     Returns:
         `(valid, end)`: valid keys before `end` per mask row, and `end` (Sk for trailing padding, e.g. HunyuanVideo's
@@ -44,15 +70,10 @@ def key_padding(mask: torch.Tensor, k: torch.Tensor) -> tuple[list[int], int] | 
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[1:3]) != (1, 1):
         return None
     sk = k.shape[2]
-    if mask.shape[-1] != sk:
+    valid = attended_keys(mask, sk)
+    if isinstance(valid, str):
         return None
-    row = mask[:, 0, 0]
-    if row.dtype == torch.bool:
-        valid = row
-    elif row.is_floating_point() and bool(((row == 0) | torch.isneginf(row)).all()):
-        valid = row == 0
-    else:
-        return None
+    valid = valid[:, 0, 0]
     padded = (~valid).any(0)
     end = int(padded.nonzero().max()) + 1 if bool(padded.any()) else sk
     counts = valid[:, :end].sum(-1)
@@ -63,9 +84,50 @@ def key_padding(mask: torch.Tensor, k: torch.Tensor) -> tuple[list[int], int] | 
     return counts.tolist(), end
 
 
+def block_pattern(
+    mask: torch.Tensor, seq_lengths: tuple[int, int], block_size: tuple[int, int]
+) -> tuple[int, torch.Tensor | None] | str:
+    """The exact tile form of a self-attention `attn_mask` ([B or 1, H or 1, Sq or 1, Sk]; see `attended_keys`).
+
+    Returns `(length, allowed)`: keys past `length` are masked for every query (trailing padding, cut off), and
+    `allowed` is a bool tile table [B or 1, H or 1, QB, KB] over the kept keys (None when every pair attends), so the
+    mask equals "attend inside allowed tiles" (e.g. a block-causal mask whose blocks are multiples of the tiles).
+    Returns a reason string when the mask is not such a pattern (a real bias, tiles partly masked, a query that
+    attends no key); such calls run their original attention.
+    """
+    sq, sk = seq_lengths
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-2] not in (1, sq):
+        return "explicit attn_mask (not a [B, H, Sq, Sk] mask)"
+    valid = attended_keys(mask, sk)
+    if isinstance(valid, str):
+        return valid
+    used = valid.flatten(0, 2).any(0).nonzero()
+    if used.numel() == 0:
+        return "explicit attn_mask (no key attended)"
+    length = int(used.max()) + 1
+    valid = valid[..., :length]
+    if bool(valid.all()):
+        return length, None
+    bq, bk = block_size
+    rows = valid.shape[-2]
+    bq = bq if rows == sq else 1  # a mask broadcast over queries has one row of tiles
+    qb, kb = num_blocks(rows, bq), num_blocks(length, bk)
+    padded = F.pad(valid.to(torch.int32), (0, kb * bk - length, 0, qb * bq - rows))
+    counts = padded.unflatten(-1, (kb, bk)).unflatten(-3, (qb, bq)).sum((-3, -1))  # [.., QB, KB]
+    sizes = block_lengths(rows, bq, device=mask.device)[:, None] * block_lengths(length, bk, device=mask.device)
+    if not bool(((counts == 0) | (counts == sizes)).all()):
+        return f"explicit attn_mask (not aligned to {block_size[0]}x{bk} tiles)"
+    allowed = counts == sizes
+    if not bool(allowed.any(-1).all()):
+        return "explicit attn_mask (a query attends no key)"
+    if rows != sq:
+        allowed = allowed.expand(*allowed.shape[:2], num_blocks(sq, block_size[0]), kb)
+    return length, allowed
+
+
 def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | None:
-    """Why a bound SDPA call cannot take the sparse path, or `None` when it can. `trimmed`: the keys were cut to the
-    valid length of a trailing key-padding mask, so Sq != Sk is expected."""
+    """Why a bound SDPA call cannot take the sparse path, or `None` when it can. `trimmed`: the mask was honoured
+    and padded keys were cut off, so Sq != Sk is expected."""
     q, k, v = call["query"], call["key"], call["value"]
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return "q/k/v are not 4-D [B, H, S, D] tensors"
@@ -108,20 +170,28 @@ class SDPAInterceptor(TorchFunctionMode):
         call = bind_sdpa_args(args, kwargs)
         q, k = call["query"], call["key"]
         self_attention = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == k.dim() == 4
-        padding = None
+        trimmed, reason, allowed, shift, seq_lens_k = False, None, None, 0, None
         if call["attn_mask"] is not None and self_attention and q.shape[2] == k.shape[2]:  # never cross-attention
             padding = key_padding(call["attn_mask"], k)
-        shift, seq_lens_k = 0, None
-        if padding is not None:  # padded keys contribute nothing: move them to the end, cut them, drop the mask
-            valid, end = padding
-            sk = k.shape[2]
-            shift = end % sk
-            lengths = [n + sk - end for n in valid] * (q.shape[0] if len(valid) == 1 else 1)
-            longest = max(lengths)
-            q, k, v = (_rotate(t, shift) for t in (q, k, call["value"]))
-            call = dict(call, attn_mask=None, query=q, key=k[:, :, :longest], value=v[:, :, :longest])
-            seq_lens_k = None if len(set(lengths)) == 1 else tuple(lengths)
-        reason = ineligible_reason(call, self.controller.config.block_size[1], trimmed=padding is not None)
+            if padding is not None:  # padded keys contribute nothing: move them to the end, cut them, drop the mask
+                valid, end = padding
+                sk = k.shape[2]
+                shift = end % sk
+                lengths = [n + sk - end for n in valid] * (q.shape[0] if len(valid) == 1 else 1)
+                longest = max(lengths)
+                q, k, v = (_rotate(t, shift) for t in (q, k, call["value"]))
+                call = dict(call, attn_mask=None, query=q, key=k[:, :, :longest], value=v[:, :, :longest])
+                seq_lens_k = None if len(set(lengths)) == 1 else tuple(lengths)
+                trimmed = True
+            else:
+                pattern = block_pattern(call["attn_mask"], (q.shape[2], k.shape[2]), self.controller.config.block_size)
+                if isinstance(pattern, str):
+                    reason = pattern
+                else:  # masked trailing keys contribute nothing: drop them; the tile table replaces the mask
+                    length, allowed = pattern
+                    call = dict(call, attn_mask=None, key=k[:, :, :length], value=call["value"][:, :, :length])
+                    trimmed = True
+        reason = reason or ineligible_reason(call, self.controller.config.block_size[1], trimmed=trimmed)
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)
@@ -129,7 +199,7 @@ class SDPAInterceptor(TorchFunctionMode):
         out = self.controller.attention(
             self.layer, call["query"], call["key"], call["value"], call["scale"],
             lambda: _rotate(func(*args, **kwargs), shift),
-            call_index=self.served - 1, seq_lens_k=seq_lens_k, rotation=shift,
+            call_index=self.served - 1, seq_lens_k=seq_lens_k, rotation=shift, allowed=allowed,
         )
         return _rotate(out, -shift)
 

@@ -96,6 +96,27 @@ def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None
         )
 
 
+def _check_allowed(
+    allowed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_size: tuple[int, int], seq_lens_k: torch.Tensor | None
+) -> None:
+    b, h, sq = q.shape[:3]
+    want = (num_blocks(sq, block_size[0]), num_blocks(k.shape[2], block_size[1]))
+    if (
+        not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.dim() != 4
+        or allowed.shape[0] not in (1, b) or allowed.shape[1] not in (1, h) or tuple(allowed.shape[2:]) != want
+    ):
+        raise SparseDiffusionError(
+            f"allowed must be a bool tile table [B or 1, H or 1, QB, KB] = [{b} or 1, {h} or 1, {want[0]}, {want[1]}], "
+            f"got {getattr(allowed, 'dtype', type(allowed).__name__)} {tuple(getattr(allowed, 'shape', ()))}."
+        )
+    if seq_lens_k is not None:  # a tile serves a batch element's rows only when it starts before its valid keys end
+        starts = torch.arange(want[1], device=allowed.device) * block_size[1]
+        allowed = allowed & (starts < seq_lens_k.to(allowed.device)[:, None])[:, None, None, :]
+    if not bool(allowed.any(-1).all()):
+        where = " starting below its seq_lens_k" if seq_lens_k is not None else ""
+        raise SparseDiffusionError(f"allowed has a query block with no allowed key tile{where}; its rows would be empty.")
+
+
 def check_seq_lens_k(seq_lens_k, q: torch.Tensor, k: torch.Tensor, check_values: bool = True) -> torch.Tensor | None:
     """`seq_lens_k` as a contiguous int32 tensor [B] on q's device (None stays None).
 
@@ -274,6 +295,7 @@ def dense_attention_with_stats(
     scale: float | None = None,
     backend: str = "auto",
     seq_lens_k: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Dense attention that also returns the row LSE and the exact softmax mass of every tile (the build step).
 
@@ -283,6 +305,10 @@ def dense_attention_with_stats(
             float64 oracle).
         seq_lens_k: int32 [B] (or a list of B ints) in [1, Sk]: keys at or past `seq_lens_k[b]` are excluded (their
             tiles get mass 0). None: all keys valid.
+        allowed: bool tile table [B or 1, H or 1, QB, KB]: each query attends only the keys of its allowed tiles
+            (an attention mask in tile form, e.g. block-causal); masked tiles get mass 0. Served by the chunked
+            PyTorch pass (or the reference), not the Triton kernel; combines with `seq_lens_k`. Every query block
+            needs an allowed tile (starting below its batch element's `seq_lens_k`).
 
     Returns:
         `(out, lse, block_mass)`: out [B, H, Sq, D] in q's dtype; LSE float32 [B, H, Sq] (natural log); block_mass
@@ -290,7 +316,8 @@ def dense_attention_with_stats(
         sum to 1). Never materialises Sq x Sk at once (chunked over query blocks).
 
     Raises:
-        SparseDiffusionError: bad shapes/dtypes/`seq_lens_k`, or `backend="triton"` where Triton cannot serve.
+        SparseDiffusionError: bad shapes/dtypes/`seq_lens_k`, `allowed` not fitting, or `backend="triton"` where
+            Triton cannot serve (or with `allowed`).
     """
     check_qkv(q, k, v)
     bs = normalize_block_size(block_size, multiple=1)
@@ -299,7 +326,13 @@ def dense_attention_with_stats(
     lens = check_seq_lens_k(seq_lens_k, q, k)
     q, k, v = _last_dim_contiguous(q, k, v)
     s = _scale(q, scale)
-    if backend == "triton" or (backend == "auto" and q.device.type == "cuda" and not _triton_reasons(q, True, bs)):
+    if allowed is not None:
+        _check_allowed(allowed, q, k, bs, lens)
+        if backend == "triton":
+            raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
+    if backend == "triton" or (
+        backend == "auto" and allowed is None and q.device.type == "cuda" and not _triton_reasons(q, True, bs)
+    ):
         reasons = _triton_reasons(q, True, bs)
         if reasons:
             raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
@@ -307,6 +340,8 @@ def dense_attention_with_stats(
 
         return launch.dense_attention_with_stats(q, k, v, bs, s, lens)
     if backend == "reference":
-        out, lse, mass = reference.dense_attention_with_stats_reference(q, k, v, bs, scale=s, seq_lens_k=lens)
+        out, lse, mass = reference.dense_attention_with_stats_reference(
+            q, k, v, bs, scale=s, seq_lens_k=lens, allowed=allowed
+        )
         return out.to(q.dtype), lse, mass
-    return backends.chunked_dense_with_stats(q, k, v, bs, s, lens)
+    return backends.chunked_dense_with_stats(q, k, v, bs, s, lens, allowed)

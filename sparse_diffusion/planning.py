@@ -1,4 +1,5 @@
-"""Block mass -> per-head block masks: the cumulative-mass policy (AdaSpa-style) and top-k (SparseD), with budgets.
+"""Block mass -> per-head block masks: the cumulative-mass policy (AdaSpa-style), top-k with budgets, and SparseD's
+isolated prompt / generated top-k selection.
 
 Every policy works per (batch element, head, query block) on the exact tile mass measured at the build step.
 """
@@ -9,7 +10,7 @@ import math
 
 import torch
 
-from .block_mask import BlockSparseMask, num_blocks
+from .block_mask import BlockSparseMask, block_lengths, num_blocks
 from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
 
@@ -55,6 +56,7 @@ def plan_block_mask(
     dense_token_ranges: list[tuple[int, int]] = (),
     keep_diagonal: bool = True,
     seq_lens_k: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> BlockSparseMask:
     """Choose kept key blocks per (batch, head, query block) from the exact tile mass.
 
@@ -66,6 +68,8 @@ def plan_block_mask(
         seq_lengths: `(Sq, Sk)` in tokens.
         seq_lens_k: int [B], valid keys per batch element (None = all Sk): key blocks that start at or past it are
             never kept, forced ones included.
+        allowed: bool [B or 1, H or 1, QB, KB], the call's attention mask in tile form: the result keeps only allowed
+            tiles (forced ones included).
 
     Returns:
         `BlockSparseMask` with `config.block_size`, B and H of `block_mass`.
@@ -95,10 +99,59 @@ def plan_block_mask(
     chosen_sorted = rank < keep[..., None]
     chosen = torch.zeros_like(chosen_sorted).scatter_(-1, order, chosen_sorted)
     chosen |= forced_blocks(config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device)
+    if allowed is not None:
+        chosen &= allowed.to(chosen.device)
     if seq_lens_k is not None:
         starts = torch.arange(kb, device=mass.device) * bk
         chosen &= (starts < seq_lens_k.to(mass.device)[:, None])[:, None, None, :]
     return BlockSparseMask.from_dense(chosen, config.block_size, tuple(seq_lengths))
+
+
+def _ratio_topk(score: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Bool like `score` [..., n]: the `int(ratio * n) + 1` (at most n) largest entries of each row (SparseD's k)."""
+    n = score.shape[-1]
+    top = score.topk(min(n, int(n * ratio) + 1), dim=-1).indices
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, top, True)
+
+
+def plan_sparsed_mask(
+    block_mass: torch.Tensor,
+    generated_mass: torch.Tensor | None,
+    topk_ratio: float,
+    block_size: tuple[int, int],
+    seq_lengths: tuple[int, int],
+    prompt_len: int,
+) -> BlockSparseMask:
+    """SparseD's isolated selection (Wang et al., "SparseD", arXiv 2509.24014), per (batch, head, query block).
+
+    Tiles are ranked by their mean softmax probability. Prompt key blocks are those before `ceil(prompt_len /
+    BLOCK_K)` (a block straddling the prompt end is prompt): the `int(topk_ratio * KB) + 1` best of all KB blocks are
+    taken and those past the prompt dropped. Among the KG generated key blocks the `int(topk_ratio * KG) + 1` best
+    are taken, ranked by a softmax over generated keys only. The two sets are OR-ed; no diagonal is forced.
+
+    Args:
+        block_mass: float32 [B, H, QB, KB] tile mass over all keys (rows sum to 1).
+        generated_mass: float32 [B, H, QB, KG] tile mass with the softmax over the generated keys (those from the
+            first generated block on), or None when KG == 0.
+        seq_lengths: `(Sq, Sk)`; prompt_len: prompt tokens at the start of the keys (0: all keys are generated).
+
+    Raises:
+        SparseDiffusionError: `generated_mass` does not cover the generated key blocks.
+    """
+    bk = block_size[1]
+    kb = num_blocks(seq_lengths[1], bk)
+    last = min(kb, num_blocks(prompt_len, bk))
+    width = block_lengths(seq_lengths[1], bk, dtype=block_mass.dtype, device=block_mass.device)
+    chosen = _ratio_topk(block_mass / width, topk_ratio)  # mass / keys in the block = the tile mean
+    chosen[..., last:] = False
+    if last < kb:
+        if generated_mass is None or generated_mass.shape[-1] != kb - last:
+            raise SparseDiffusionError(
+                f"generated_mass must cover the {kb - last} generated key blocks, got "
+                f"{None if generated_mass is None else tuple(generated_mass.shape)}."
+            )
+        chosen[..., last:] |= _ratio_topk(generated_mass / width[last:], topk_ratio)
+    return BlockSparseMask.from_dense(chosen, block_size, tuple(seq_lengths))
 
 
 def kept_mass(block_mass: torch.Tensor, mask: BlockSparseMask) -> torch.Tensor:

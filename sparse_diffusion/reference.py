@@ -105,15 +105,21 @@ def dense_attention_with_stats_reference(
     scale: float | None = None,
     compute_dtype: torch.dtype = torch.float64,
     seq_lens_k: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense attention plus the exact per-tile mass: (out [B, H, Sq, D], LSE float32 [B, H, Sq], mass float32 [B, H, QB, KB]).
-    Keys at or past `seq_lens_k[b]` (int [B], None = all keys valid) are excluded; their tiles get mass 0."""
+    Keys at or past `seq_lens_k[b]` (int [B], None = all keys valid) are excluded; their tiles get mass 0. `allowed`
+    (bool [B or 1, H or 1, QB, KB]): each query attends only the keys of its allowed tiles."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     qc, kc, vc = (t.to(compute_dtype) for t in (q, _expand_kv(q, k), _expand_kv(q, v)))
     scores = (qc @ kc.transpose(-1, -2)) * scale
-    padding = key_padding_mask(seq_lens_k, k.shape[2])
-    if padding is not None:
-        scores = scores.masked_fill(~padding, float("-inf"))
+    tiles = None
+    if allowed is not None:
+        bq, bk = block_size
+        tiles = allowed.repeat_interleave(bq, -2).repeat_interleave(bk, -1)[..., : q.shape[2], : k.shape[2]]
+    token_mask = _and_masks(tiles, key_padding_mask(seq_lens_k, k.shape[2]))
+    if token_mask is not None:
+        scores = scores.masked_fill(~token_mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse[..., None])
     mass = block_mass_from_probs(probs, block_size, (q.shape[2], k.shape[2]))

@@ -510,7 +510,8 @@ def test_key_padding_masks_run_sparse_with_per_sample_lengths(text_first):
 
 
 def test_other_masks_pass_through():
-    """A key mask whose padding is not one run per sample ending at a shared position cannot be honoured."""
+    """A key mask whose padding is not one run per sample ending at a shared position, nor a tile pattern, cannot be
+    honoured."""
     from sparse_diffusion.controller import SparseController
     from sparse_diffusion.interception import SDPAInterceptor
 
@@ -525,7 +526,9 @@ def test_other_masks_pass_through():
     controller.begin_forward(900.0, None)
     with torch.no_grad(), SDPAInterceptor(controller, "attn"):
         out = toy(x, mask)
-    assert torch.equal(out, baseline) and dict(controller.passthrough) == {"attn: explicit attn_mask": 1}
+    assert torch.equal(out, baseline) and dict(controller.passthrough) == {
+        "attn: explicit attn_mask (not aligned to 16x16 tiles)": 1
+    }
 
 
 def test_forced_backend_without_seq_lens_k_support_runs_dense_and_says_so():

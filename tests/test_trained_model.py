@@ -4,10 +4,10 @@ default config stays close to the dense run (threshold from the quality curve, s
 import numpy as np
 import pytest
 import torch
+from sparse_diffusion.pipelines.tiny import TRAINED_WAN_WEIGHTS, load_trained_tiny_wan_pipeline
 
 from sparse_diffusion import accelerate_pipeline
 from sparse_diffusion.metrics import compare_videos
-from sparse_diffusion.pipelines.tiny import TRAINED_WAN_WEIGHTS, load_trained_tiny_wan_pipeline
 
 
 STEPS = 10
