@@ -1,4 +1,5 @@
-"""`sparse-diffusion` command line: demo, generate, compare, bench attention, bench quality."""
+"""`sparse-diffusion` command line: demo, generate, compare, bench attention, bench quality, bench dlm, bench
+dlm-accuracy."""
 
 from __future__ import annotations
 
@@ -218,6 +219,48 @@ def cmd_bench_quality(args) -> int:
     return 0
 
 
+def cmd_bench_dlm(args) -> int:
+    import torch
+
+    from .bench_dlm import bench_dlm, format_table
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cpu" and args.backend in ("auto", "cpu"):
+        _prepare_cpu_kernel()
+    contexts = tuple(int(x) for x in args.context.split(",") if x.strip())
+    result = bench_dlm(
+        contexts, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, layers=args.layers,
+        gen_length=args.gen_length, steps=args.steps, block_length=args.block_length, density=args.density,
+        dense_steps=float(args.dense_steps) if "." in args.dense_steps else int(args.dense_steps),
+        block_size=args.block_size, backend=args.backend, dtype=dtype, device=args.device,
+        warmup={"auto": None, "on": True, "off": False}[args.warmup], seed=args.seed,
+    )
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench_dlm_accuracy(args) -> int:
+    import torch
+
+    from .bench_dlm import accuracy_sweep, format_accuracy_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _prepare_cpu_kernel()
+    result = accuracy_sweep(tuple(int(x) for x in args.context.split(",") if x.strip()), count=args.count,
+                            base=_load_config(args.config) if args.config else None)
+    print(format_accuracy_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -302,6 +345,39 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--quick", action="store_true", help="four points instead of the full sweep")
     qual.add_argument("--config", help="base SparseAttentionConfig (JSON) the sweep points modify")
     qual.set_defaults(func=cmd_bench_quality)
+    dlm = bench_sub.add_parser(
+        "dlm", help="diffusion-LM generate time, dense vs sparse, at several context lengths", formatter_class=fmt
+    )
+    dlm.add_argument("--context", default="4096,8192,16384", help="comma list of canvas lengths (prompt + generated)")
+    dlm.add_argument("--heads", type=int, default=4)
+    dlm.add_argument("--kv-heads", type=int)
+    dlm.add_argument("--head-dim", type=int, default=64)
+    dlm.add_argument("--layers", type=int, default=2)
+    dlm.add_argument("--gen-length", type=int, default=32)
+    dlm.add_argument("--steps", type=int, default=8)
+    dlm.add_argument("--block-length", type=int, help="semi-autoregressive block (default: gen length)")
+    dlm.add_argument("--density", type=float, default=0.2, help="top-k ratio of the sparse run (fixed, synthetic)")
+    dlm.add_argument("--dense-steps", default="0.25", help="dense warm-up: int steps or a fraction")
+    dlm.add_argument("--block-size", type=int, default=128)
+    dlm.add_argument("--backend", default="auto")
+    dlm.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    dlm.add_argument("--device", default="cpu")
+    dlm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    dlm.add_argument("--warmup", choices=["auto", "on", "off"], default="auto", help="untimed run first (auto: CUDA)")
+    dlm.add_argument("--seed", type=int, default=0)
+    dlm.add_argument("--json", help="write {setup, rows} to this JSON file")
+    dlm.set_defaults(func=cmd_bench_dlm)
+    dacc = bench_sub.add_parser(
+        "dlm-accuracy", formatter_class=fmt,
+        help="retrieval accuracy of the trained tiny DLM, dense vs sparse at several densities",
+    )
+    dacc.add_argument("--context", default="1024,2048,4096", help="comma list of prompt lengths")
+    dacc.add_argument("--count", type=int, default=64, help="held-out prompts per length (4 answer tokens each)")
+    dacc.add_argument("--config", help="base SparseAttentionConfig (JSON) the points modify (default: the dlm "
+                      "adapter's defaults)")
+    dacc.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    dacc.add_argument("--json", help="write {setup, rows} to this JSON file")
+    dacc.set_defaults(func=cmd_bench_dlm_accuracy)
     return parser
 
 
