@@ -229,15 +229,16 @@ def format_table(result: dict) -> str:
 #: The accuracy sweep's points: label -> config overrides (None = the untouched dense model).
 ACCURACY_POINTS: dict[str, dict | None] = {
     "dense": None,
-    "default config": {},
-    "default, generated rows not kept dense": {"keep_generated_tokens": False},
-    "topk 0.1": {"policy": "topk", "topk_ratio": 0.1},
-    "topk 0.2": {"policy": "topk", "topk_ratio": 0.2},
-    "topk 0.3": {"policy": "topk", "topk_ratio": 0.3},
-    "topk 0.5": {"policy": "topk", "topk_ratio": 0.5},
-    "topk 0.3, generated rows not kept dense": {"policy": "topk", "topk_ratio": 0.3, "keep_generated_tokens": False},
-    "SparseD parity (select 0.3, skip 0.2)": {"policy": "topk", "topk_ratio": 0.3, "sparsed_selection": True,
-                                              "refresh_threshold": 0.0, "dense_steps": "sparsed"},
+    "dlm default (topk 0.1 + complement)": {},
+    "  without generated rows kept dense": {"keep_generated_tokens": False},
+    "  without complement = topk 0.1": {"cache_complement": False},
+    "topk 0.2": {"topk_ratio": 0.2, "cache_complement": False},
+    "topk 0.3": {"topk_ratio": 0.3, "cache_complement": False},
+    "topk 0.5": {"topk_ratio": 0.5, "cache_complement": False},
+    "topk 0.2 + complement": {"topk_ratio": 0.2},
+    "mass 0.9 (SparseAttentionConfig())": {"policy": "mass", "cache_complement": False},
+    "SparseD parity (select 0.3, skip 0.2)": {"topk_ratio": 0.3, "sparsed_selection": True, "refresh_threshold": 0.0,
+                                              "dense_steps": "sparsed", "cache_complement": False},
 }
 
 

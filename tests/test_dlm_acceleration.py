@@ -182,7 +182,8 @@ def test_generated_tokens_stay_dense_and_dlm_defaults_apply_without_a_config(mod
         config = handle.config
         _run(model, "llada")  # prompt 32 + 64 generated = 96 tokens: blocks 2..5 hold generated tokens
         masks = handle.masks()
-    assert (config.policy, config.topk_ratio, config.keep_generated_tokens) == ("topk", 0.2, True)
+    assert (config.policy, config.topk_ratio, config.cache_complement, config.keep_generated_tokens) == (
+        "topk", 0.1, True, True) and config.refresh_threshold == 0.0
     for mask in masks.values():
         table = mask.to_dense()
         assert bool(table[..., 2:, :].all()) and bool(table[..., :, 2:].all())

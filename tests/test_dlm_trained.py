@@ -11,7 +11,7 @@ from sparse_diffusion import accelerate_model
 from sparse_diffusion.cli import main
 
 
-COUNT, CONTEXT = 16, 1024  # 16 held-out prompts of 1,024 tokens, 4 answer tokens each
+COUNT, CONTEXT = 16, 1000  # 16 held-out prompts of 1,000 tokens (not a multiple of the 128-token tiles), 4 answers
 MIN_DENSE_ACCURACY = 0.9
 TOLERANCE = 0.01  # the README's "within 1 point"
 MAX_DENSITY = 0.4
@@ -52,6 +52,9 @@ def test_default_config_matches_dense_accuracy_at_low_density(model, data, dense
         accuracy, tokens = task.retrieval_accuracy(model, data, return_tokens=True)
         report = handle.report()
     assert report["adapter"] == "dlm" and report["fallbacks"] == []
+    config = report["config"]
+    assert (config["policy"], config["topk_ratio"], config["cache_complement"], config["refresh_threshold"]) == (
+        "topk", 0.1, True, 0.0), "the dlm adapter's defaults"
     assert [(r["total_steps"], r["dense_steps"], r["sparse_steps"]) for r in report["runs"]] == [(4, 1, 3)] * (COUNT // 8)
     assert report["density"] is not None and report["density"] <= MAX_DENSITY, report["density"]
     assert abs(accuracy - dense_accuracy) <= TOLERANCE, (accuracy, dense_accuracy)
