@@ -6,7 +6,8 @@ shape LLaDA-8B (32 q / 32 kv heads) and Dream-7B (28 q / 4 kv heads) have. Its f
 returns `.logits` [B, L, V]; the Dream logit shift belongs to the sampler (`dlm.generate(shift_logits=True)`).
 `TinyBlockDiffusionLM` is the LLaDA2 stand-in (block-causal attention mask) for diffusers' `LLaDA2Pipeline`, whose
 real model is remote code.
-Weights are deterministic in `seed` and building does not touch the global RNG.
+Weights are deterministic in `seed` and building does not touch the global RNG. `load_trained_tiny_dlm()` loads the
+project-trained needle-retrieval model shipped in `weights/tiny_dlm_retrieval` (`scripts/train_tiny_dlm.py`).
 """
 
 from __future__ import annotations

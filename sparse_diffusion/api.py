@@ -284,7 +284,8 @@ def accelerate_pipeline(
         SparseDiffusionError: no denoiser found, unsupported model (lists supported families), bad config values,
             context-parallel models.
     """
-    given, config = config, _make_config(config, overrides)  # a bad config fails before the model is inspected
+    if config is not None:  # a bad config fails before the model is inspected
+        _make_config(config, overrides)
     found = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2", "model")}
     found = {name: module for name, module in found.items() if isinstance(module, torch.nn.Module)}
     if not found:
@@ -293,7 +294,7 @@ def accelerate_pipeline(
             "accelerate_model()."
         )
     resolved = get_adapter(next(iter(found.values())), adapter)
-    config = _make_config(given, overrides, resolved)
+    config = _make_config(config, overrides, resolved)
     denoisers = {name: module for name, module in found.items() if name in resolved.denoiser_components}
     if resolved.family == "generic" or not denoisers:
         denoisers = found
@@ -325,9 +326,10 @@ def accelerate_model(
     Raises:
         SparseDiffusionError: as `accelerate_pipeline`.
     """
-    given, config = config, _make_config(config, overrides)
+    if config is not None:  # a bad config fails before the model is inspected
+        _make_config(config, overrides)
     resolved = get_adapter(model, adapter)
-    config = _make_config(given, overrides, resolved)
+    config = _make_config(config, overrides, resolved)
     if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
         raise SparseDiffusionError(f"num_inference_steps={num_inference_steps!r} must be a positive int or None.")
     return _accelerate({"model": model}, config, resolved, lambda: num_inference_steps, restart=True, pipe=None)

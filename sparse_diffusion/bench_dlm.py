@@ -244,7 +244,7 @@ ACCURACY_POINTS: dict[str, dict | None] = {
 
 def accuracy_sweep(
     context_lengths: tuple[int, ...] = (1024, 2048, 4096), *, count: int = 64, points: dict | None = None,
-    base: SparseAttentionConfig | None = None, batch_size: int = 4, model=None,
+    base: SparseAttentionConfig | None = None, batch_size: int = 4, model=None, on_row=None,
 ) -> dict:
     """Retrieval accuracy of the project-trained tiny DLM (`tiny_dlm.load_trained_tiny_dlm`), dense and accelerated,
     on `count` held-out prompts (`dlm_retrieval.held_out_set`) per context length: answers sampled with
@@ -256,6 +256,7 @@ def accuracy_sweep(
         `{"setup": {...}, "rows": [{"context", "label", "accuracy", "same_as_dense", "density", "planned_density",
         "dense_steps", "sparse_steps", "fallback_calls", "config"}...]}`; `density` is the mean kept share of key
         blocks over sparse calls, `same_as_dense` the share of answer tokens identical to the dense run's.
+        `on_row(row)` is called as each row is done.
     """
     from .pipelines import dlm_retrieval as task
     from .pipelines.tiny_dlm import load_trained_tiny_dlm
@@ -292,6 +293,8 @@ def accuracy_sweep(
             if dense_tokens is not None:
                 row["same_as_dense"] = float((tokens == dense_tokens).double().mean())
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
     setup = {
         "model": "tiny_dlm_retrieval (project-trained, see its MODEL_CARD.md)", "count": count,
         "task": f"{task.NUM_NEEDLES} needles, {task.NUM_QUERIES} queries; gen_length = steps = {steps}",
@@ -300,20 +303,26 @@ def accuracy_sweep(
     return {"setup": setup, "rows": rows}
 
 
+ACCURACY_HEADER = (f"{'context':>7s} {'point':42s} {'accuracy':>8s} {'=dense':>7s} {'density':>8s} {'planned':>8s} "
+                   f"{'steps d/s':>9s} {'fallback':>8s}")
+ACCURACY_NOTE = ("accuracy: share of answer tokens right; =dense: share identical to the dense answers; density: kept "
+                 "key blocks over sparse calls; steps d/s: dense / sparse steps of the last call")
+
+
+def format_accuracy_row(r: dict) -> str:
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    steps = f"{r['dense_steps']}/{r['sparse_steps']}" if "sparse_steps" in r else "all/0"
+    return (f"{r['context']:7d} {r['label']:42s} {r['accuracy']:8.3f} {fmt(r.get('same_as_dense')):>7s} "
+            f"{fmt(r['density']):>8s} {fmt(r['planned_density']):>8s} {steps:>9s} {r.get('fallback_calls', 0):8d}")
+
+
 def format_accuracy_table(result: dict) -> str:
-    lines = [f"{'context':>7s} {'point':42s} {'accuracy':>8s} {'=dense':>7s} {'density':>8s} {'planned':>8s} "
-             f"{'steps d/s':>9s} {'fallback':>8s}"]
-    for r in result["rows"]:
-        def fmt(x):
-            return "n/a" if x is None else f"{x:.3f}"
-        steps = f"{r['dense_steps']}/{r['sparse_steps']}" if "sparse_steps" in r else "all/0"
-        lines.append(
-            f"{r['context']:7d} {r['label']:42s} {r['accuracy']:8.3f} {fmt(r.get('same_as_dense')):>7s} "
-            f"{fmt(r['density']):>8s} {fmt(r['planned_density']):>8s} {steps:>9s} {r.get('fallback_calls', 0):8d}"
-        )
-    lines.append("accuracy: share of answer tokens right; =dense: share identical to the dense answers; density: kept "
-                 "key blocks over sparse calls")
-    return "\n".join(lines)
+    return "\n".join([ACCURACY_HEADER, *(format_accuracy_row(r) for r in result["rows"]), ACCURACY_NOTE])
 
 
-__all__ = ["ACCURACY_POINTS", "accuracy_sweep", "attach", "bench_dlm", "format_accuracy_table", "format_table"]
+__all__ = [
+    "ACCURACY_POINTS", "accuracy_sweep", "attach", "bench_dlm", "format_accuracy_row", "format_accuracy_table",
+    "format_table",
+]

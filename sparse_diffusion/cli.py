@@ -247,14 +247,16 @@ def cmd_bench_dlm(args) -> int:
 def cmd_bench_dlm_accuracy(args) -> int:
     import torch
 
-    from .bench_dlm import accuracy_sweep, format_accuracy_table
+    from .bench_dlm import ACCURACY_HEADER, ACCURACY_NOTE, accuracy_sweep, format_accuracy_row
 
+    base = _load_config(args.config) if args.config else None
     if args.threads:
         torch.set_num_threads(args.threads)
     _prepare_cpu_kernel()
+    print(ACCURACY_HEADER, flush=True)
     result = accuracy_sweep(tuple(int(x) for x in args.context.split(",") if x.strip()), count=args.count,
-                            base=_load_config(args.config) if args.config else None)
-    print(format_accuracy_table(result))
+                            base=base, on_row=lambda row: print(format_accuracy_row(row), flush=True))
+    print(ACCURACY_NOTE)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
