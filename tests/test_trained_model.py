@@ -15,7 +15,7 @@ from sparse_diffusion.metrics import compare_videos
 STEPS = 10
 # Reduced run: 10 steps instead of the curve's 20, so the mask is built at step 3 of 10, earlier in the trajectory.
 # This run measured 25.8 dB (2026-11-30); at 20 steps the curve has 41.3 dB mean, 40.3 dB worst prompt, at density
-# 0.251 for this config (docs/quality_curve.json). Without the complement cache the curve drops to 26.7 dB.
+# 0.251 for this config (docs/quality_curve.json), helped by frequent re-plans (see README "Quality on a trained model").
 MIN_PSNR_DB = 22.0
 MAX_DENSITY = 0.3
 
