@@ -43,6 +43,16 @@ def parse_args():
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--resume-vae", action="store_true", help="reuse OUT/work/vae from an earlier run")
     p.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (resume with --resume-vae)")
+    p.add_argument("--vae-init", type=Path, help="continue VAE training from this saved VAE folder")
+    p.add_argument("--vae-lr", type=float, default=1e-3, help="peak VAE learning rate")
+    p.add_argument(
+        "--decoder-only", action="store_true",
+        help="with --vae-init: train only the VAE decoder (the latent space, and a transformer trained on it, stay valid)",
+    )
+    p.add_argument(
+        "--init-transformer", type=Path,
+        help="with --resume-vae: continue training from this saved WanTransformer3DModel folder",
+    )
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/loss_curve.png from OUT/train_log.jsonl")
     return p.parse_args()
 
@@ -97,19 +107,21 @@ def vae_clips(gen, batch):
     return torch.stack(out) * 2 - 1
 
 
-def train_vae(vae, steps, gen, log):
+def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False):
     from sparse_diffusion.pipelines import shapes
 
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
     vae.train()
     smooth = None
     for step in range(steps):
-        lr = 1e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        lr = peak_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for g in opt.param_groups:
             g["lr"] = lr
         x = vae_clips(gen, 4)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        with torch.set_grad_enabled(not decoder_only):
+            post = vae.encode(x).latent_dist
+        z = post.mean if decoder_only else post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
         kl = post.kl().mean() / x[0].numel()
         # shapes cover a few percent of the pixels: weight them x10 so colour and edges are learned, not just background
@@ -117,11 +129,11 @@ def train_vae(vae, steps, gen, log):
         loss = (weight * ((rec - x) ** 2 + 0.1 * (rec - x).abs())).mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         if step % 25 == 0 or step == steps - 1:
-            log(stage="vae", step=step, loss=round(smooth, 5), mse=round(F.mse_loss(rec, x).item(), 5), lr=lr)
+            log(stage="vae-decoder" if decoder_only else "vae", step=step, loss=round(smooth, 5), mse=round(F.mse_loss(rec, x).item(), 5), lr=lr)
     vae.eval()
 
 
@@ -224,8 +236,14 @@ def plot_losses(out: Path) -> Path:
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for stage in dict.fromkeys(r["stage"] for r in rows if "loss" in r):
-        pts = [(r["step"], r["loss"]) for r in rows if r["stage"] == stage]
-        ax = axes[0] if stage == "vae" else axes[1]
+        pts, offset, last = [], 0, -1
+        for r in rows:
+            if r["stage"] == stage:
+                if r["step"] < last:  # a continued stage (e.g. --vae-init) restarts its step count
+                    offset += last + 1
+                last = r["step"]
+                pts.append((offset + r["step"], r["loss"]))
+        ax = axes[0] if stage.startswith("vae") else axes[1]
         ax.plot(*zip(*pts), label=stage)
     axes[0].set_title("VAE: shape-weighted MSE + 0.1 L1 + 1e-6 KL")
     axes[1].set_title("transformer: flow-matching velocity MSE (EMA 0.98 of batches)")
@@ -249,7 +267,7 @@ def main():
     torch.set_flush_denormal(True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
-    log = Log(args.out / "train_log.jsonl", append=args.resume_vae)
+    log = Log(args.out / "train_log.jsonl", append=args.resume_vae or args.vae_init is not None)
     log(stage="start", args={k: str(v) for k, v in vars(args).items()}, torch=torch.__version__)
     pipe = build(args.seed, args.layers, args.heads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -260,15 +278,25 @@ def main():
         pipe.register_modules(vae=pipe.vae)
         gen.manual_seed(args.seed + 1)
     else:
-        train_vae(pipe.vae, args.vae_steps, gen, log)
-        mean, std = latent_stats(pipe.vae, gen)
-        pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
+        if args.vae_init is not None:
+            from diffusers import AutoencoderKLWan
+
+            pipe.register_modules(vae=AutoencoderKLWan.from_pretrained(args.vae_init))
+            gen.manual_seed(args.seed + 2)  # fresh clips for the continued stage
+        train_vae(pipe.vae, args.vae_steps, gen, log, args.vae_lr, args.decoder_only)
+        if not args.decoder_only:  # the encoder is unchanged otherwise: keep its statistics
+            mean, std = latent_stats(pipe.vae, gen)
+            pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
         pipe.vae.save_pretrained(work / "vae")
         gen.manual_seed(args.seed + 1)
     if args.vae_only:
         return
     log(stage="latents", mean=[round(m, 3) for m in pipe.vae.config.latents_mean],
         std=[round(s, 3) for s in pipe.vae.config.latents_std])
+    if args.init_transformer is not None:
+        from diffusers import WanTransformer3DModel
+
+        pipe.register_modules(transformer=WanTransformer3DModel.from_pretrained(args.init_transformer).float())
     stages = [(args.low_steps, args.low_clips, 64, 8), (args.high_steps, args.high_clips, 128, 2)]
     train_transformer(pipe, [s for s in stages if s[0] > 0], args, gen, log)
     pipe.transformer.to(torch.float16)

@@ -15,12 +15,14 @@ from .errors import SparseDiffusionError
 
 
 DEMO_PROMPT = "a red circle moving left"
+# Chosen from the quality curve of the trained model (docs/quality_curve.json): the best PSNR at density <= 0.5.
+DEMO_CONFIG = {"policy": "topk", "topk_ratio": 0.2, "cache_complement": True}
 
 
-def _load_config(text: str | None) -> SparseAttentionConfig:
-    """Config from a JSON file path or an inline JSON object; defaults when None."""
+def _load_config(text: str | None, default: dict | None = None) -> SparseAttentionConfig:
+    """Config from a JSON file path or an inline JSON object; `SparseAttentionConfig(**default)` when None."""
     if not text:
-        return SparseAttentionConfig()
+        return SparseAttentionConfig(**(default or {}))
     path = Path(text)
     try:
         data = json.loads(path.read_text() if path.is_file() else text)
@@ -70,7 +72,8 @@ def _prepare_cpu_kernel() -> None:
 def cmd_demo(args) -> int:
     from .runs import call_kwargs, paired_run
 
-    config = _load_config(args.config)  # before the (slow) load, so a bad --config fails at once
+    # before the (slow) load, so a bad --config fails at once; the trained model uses the quality curve's choice
+    config = _load_config(args.config, DEMO_CONFIG if args.weights == "trained" else None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _prepare_cpu_kernel()
     if args.weights == "trained":
@@ -288,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --weights random: locality prior of the random attention (0 = plain random weights)",
     )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--config", help="SparseAttentionConfig as a JSON file or inline JSON")
+    demo.add_argument(
+        "--config",
+        help="SparseAttentionConfig as a JSON file or inline JSON (default with --weights trained: "
+        f"{json.dumps(DEMO_CONFIG)}, chosen from the quality curve; with --weights random: the library defaults)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     gen = sub.add_parser("generate", help="run a local diffusers checkpoint folder, sparse and/or dense", formatter_class=fmt)
