@@ -263,7 +263,7 @@ def accuracy_sweep(
 
     model = load_trained_tiny_dlm() if model is None else model
     points = ACCURACY_POINTS if points is None else points
-    steps = task.NUM_QUERIES
+    steps = task.NUM_QUERIES * task.VALUE_LEN  # one answer token per step
     rows = []
     for n in context_lengths:
         data = task.held_out_set(count, n)
@@ -297,7 +297,7 @@ def accuracy_sweep(
                 on_row(row)
     setup = {
         "model": "tiny_dlm_retrieval (project-trained, see its MODEL_CARD.md)", "count": count,
-        "task": f"{task.NUM_NEEDLES} needles, {task.NUM_QUERIES} queries; gen_length = steps = {steps}",
+        "task": f"{task.NUM_NEEDLES} needles, {task.NUM_QUERIES} query of {task.VALUE_LEN} tokens; gen_length = steps = {steps}",
         "base_config": None if base is None else base.to_dict(), "threads": torch.get_num_threads(),
     }
     return {"setup": setup, "rows": rows}
