@@ -53,6 +53,10 @@ def parse_args():
         "--init-transformer", type=Path,
         help="with --resume-vae: continue training from this saved WanTransformer3DModel folder",
     )
+    p.add_argument(
+        "--data-seed", type=int,
+        help="seed of the training clips (default: --seed + 1); a new one gives a continued run fresh clips",
+    )
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/loss_curve.png from OUT/train_log.jsonl")
     return p.parse_args()
 
@@ -291,6 +295,8 @@ def main():
         gen.manual_seed(args.seed + 1)
     if args.vae_only:
         return
+    if args.data_seed is not None:
+        gen.manual_seed(args.data_seed)
     log(stage="latents", mean=[round(m, 3) for m in pipe.vae.config.latents_mean],
         std=[round(s, 3) for s in pipe.vae.config.latents_std])
     if args.init_transformer is not None:

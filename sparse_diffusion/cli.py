@@ -47,7 +47,9 @@ def _print_paired(report: dict, out: Path) -> None:
     print(f"quality vs dense: PSNR {_fmt_db(q['mean_psnr'])}, SSIM {q['mean_ssim']:.4f} (float frames, before encoding)")
     density, planned = report["density"], sparse["planned_density"]
     if density is not None:
-        print(f"attention density {density:.3f}")
+        effective = report["effective_density"]
+        print(f"attention density {density:.3f} over sparse calls, {effective:.3f} over all calls after the dense "
+              "warm-up (re-plans and fallbacks count as 1)")
     else:
         reasons = sorted({f["reason"] for f in sparse["fallbacks"]})
         print(f"attention density n/a: no sparse call (planned density {planned}; {'; '.join(reasons) or 'no plan'})")

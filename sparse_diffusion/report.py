@@ -29,7 +29,9 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     that ran (fewer when the call was interrupted), dense warm-up steps, sparse steps, and `dense_fallback_steps`: later steps in which no layer ran sparse, i.e.
     re-plans, break-even fallbacks, errors),
     `dense_steps`/`sparse_steps`/`dense_fallback_steps`/`total_steps` (last call), `density` (kept key blocks / all
-    key blocks over sparse calls, mean over layers and heads), `planned_density` (mean density of the built masks,
+    key blocks over sparse calls, mean over layers and heads), `effective_density` (the same over every call after
+    the dense warm-up, a re-plan or fallback counting as density 1: the share of attention work actually done),
+    `planned_density` (mean density of the built masks,
     also those that ran dense above the break-even), `kept_mass` (mean `exp(lse_sparse - lse_dense)`: the kept
     softmax mass estimated against the dense LSE cached at the build step; it can exceed 1 when the scores grew since
     the build), `build_kept_mass` (exact kept mass at the build step), `calls` and `attention_time_s` per phase
@@ -41,6 +43,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     calls, times, replans, backends = Counter(), Counter(), Counter(), Counter()
     fallbacks, layers = [], {}
     weighted_density, weight, mass_values, build_values, planned = 0.0, 0, [], [], []
+    effective_sum, effective_calls = 0.0, 0
     for name in controller.layer_names:
         st = controller.stats.get(name)
         if st is not None:
@@ -61,6 +64,11 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         if density is not None:
             weighted_density += density * n_sparse
             weight += n_sparse
+        n_dense_after = st.calls.get("fallback", 0) + sum(st.replans.values())  # ran the full attention
+        n_after = n_sparse + n_dense_after
+        effective = round(((density or 0.0) * n_sparse + n_dense_after) / n_after, 6) if n_after else None
+        effective_sum += (density or 0.0) * n_sparse + n_dense_after
+        effective_calls += n_after
         if head_mass:
             mass_values.append(_avg(head_mass))
         if head_build:
@@ -72,6 +80,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
             "calls": dict(st.calls),
             "time_s": {k: round(v, 6) for k, v in st.time_s.items()},
             "density": density,
+            "effective_density": effective,
             "planned_density": _avg(st.planned_density),
             "head_density": head_density,
             "kept_mass": _avg(head_mass),
@@ -93,6 +102,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         "sparse_steps": last["sparse_steps"],
         "dense_fallback_steps": last["dense_fallback_steps"],
         "density": round(weighted_density / weight, 6) if weight else None,
+        "effective_density": round(effective_sum / effective_calls, 6) if effective_calls else None,
         "planned_density": _avg(planned),
         "kept_mass": _avg(mass_values),
         "build_kept_mass": _avg(build_values),
@@ -125,7 +135,8 @@ def format_report(report: dict) -> str:
         f"sparse-diffusion: {report['model']} ({report['adapter']} adapter, weights: {report['weights'] or 'user'})",
         f"  steps (last call): total {report['total_steps']}, dense warm-up {report['dense_steps']}, "
         f"sparse {report['sparse_steps']}, ran dense after warm-up {report['dense_fallback_steps']}",
-        f"  density {fmt(report['density'])} (planned {fmt(report['planned_density'])}), kept mass "
+        f"  density {fmt(report['density'])} over sparse calls, {fmt(report['effective_density'])} over all calls "
+        f"after warm-up (re-plans and fallbacks count 1; planned {fmt(report['planned_density'])}), kept mass "
         f"(LSE estimate) {fmt(report['kept_mass'])}, kept mass at build {fmt(report['build_kept_mass'])}",
         "  attention time s: " + ", ".join(f"{k} {v:.3f}" for k, v in report["attention_time_s"].items())
         + "; calls: " + ", ".join(f"{k} {v}" for k, v in report["calls"].items()),
@@ -136,11 +147,12 @@ def format_report(report: dict) -> str:
         lines.append(f"  re-plans: {report['replans']}")
     for item in report["fallbacks"] + report["passthrough"]:
         lines.append(f"  not sparse: {item['layer']}: {item['reason']} (x{item['count']})")
-    lines.append(f"  {'layer':40s} {'density':>8s} {'kept':>6s} {'sparse':>6s}")
+    lines.append(f"  {'layer':40s} {'density':>8s} {'effect.':>8s} {'kept':>6s} {'sparse':>6s}")
     for name, layer in report["layers"].items():
         tag = " (dense layer)" if layer["always_dense"] else ""
         lines.append(
-            f"  {name:40s} {fmt(layer.get('density')):>8s} {fmt(layer.get('kept_mass')):>6s} "
+            f"  {name:40s} {fmt(layer.get('density')):>8s} {fmt(layer.get('effective_density')):>8s} "
+            f"{fmt(layer.get('kept_mass')):>6s} "
             f"{layer['calls'].get('sparse', 0):>6d}{tag}"
         )
     return "\n".join(lines)

@@ -113,6 +113,7 @@ def paired_run(
             "decoded mp4 files, e.g. from `sparse-diffusion compare`, is lower: yuv420p halves colour resolution)",
         },
         "density": sparse_report["density"],
+        "effective_density": sparse_report["effective_density"],
         "kept_mass": sparse_report["kept_mass"],
         "build_kept_mass": sparse_report["build_kept_mass"],
         "dense_steps": sparse_report["dense_steps"],

@@ -166,6 +166,13 @@ def test_fraction_dense_layers_refresh_and_identical_repeat_calls(pipes):
     assert report["layers"]["blocks.0.attn1"]["calls"].get("sparse", 0) == 0
     # refresh_threshold=1.0: every sparse step's estimate falls short, so the next step re-plans
     assert report["replans"].get("kept-mass estimate below refresh_threshold", 0) > 0
+    # effective density: re-plans (and fallbacks) after the warm-up ran the full attention and count as density 1
+    layer = report["layers"]["blocks.1.attn1"]
+    n_sparse, n_full = layer["calls"]["sparse"], sum(layer["replans"].values()) + layer["calls"].get("fallback", 0)
+    expected = (layer["density"] * n_sparse + n_full) / (n_sparse + n_full)
+    assert layer["effective_density"] == pytest.approx(expected, abs=1e-5)
+    assert layer["density"] < layer["effective_density"] < 1
+    assert report["density"] < report["effective_density"] < 1
 
 
 def test_accelerate_twice_reconfigures_instead_of_stacking(pipes):

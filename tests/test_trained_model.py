@@ -68,5 +68,5 @@ def test_demo_config_keeps_quality_at_half_density_or_less(pipe):
         report = handle.report()
     quality = compare_videos(dense, sparse, data_range=1.0)
     assert report["sparse_steps"] > 0 and report["fallbacks"] == []
-    assert report["density"] <= MAX_DENSITY
+    assert report["effective_density"] <= MAX_DENSITY
     assert quality["mean_psnr"] >= MIN_PSNR_DB, quality["per_frame_psnr"]
