@@ -253,9 +253,10 @@ def accuracy_sweep(
     SparseD's `int(steps * 0.2) + 2`).
 
     Returns:
-        `{"setup": {...}, "rows": [{"context", "label", "accuracy", "same_as_dense", "density", "planned_density",
-        "dense_steps", "sparse_steps", "fallback_calls", "config"}...]}`; `density` is the mean kept share of key
-        blocks over sparse calls, `same_as_dense` the share of answer tokens identical to the dense run's.
+        `{"setup": {...}, "rows": [{"context", "label", "accuracy", "same_as_dense", "density", "effective_density",
+        "planned_density", "dense_steps", "sparse_steps", "fallback_calls", "config"}...]}`; `density` is the mean
+        kept share of key blocks over sparse calls (`effective_density`: over every call after the warm-up, dense
+        ones counting 1), `same_as_dense` the share of answer tokens identical to the dense run's.
         `on_row(row)` is called as each row is done.
     """
     from .pipelines import dlm_retrieval as task
@@ -273,7 +274,7 @@ def accuracy_sweep(
             if overrides is None:
                 acc, tokens = task.retrieval_accuracy(model, data, batch_size=batch_size, return_tokens=True)
                 dense_tokens = tokens
-                row.update(accuracy=acc, density=1.0, planned_density=None, config=None)
+                row.update(accuracy=acc, density=1.0, effective_density=1.0, planned_density=None, config=None)
             else:
                 overrides = dict(overrides)
                 if overrides.get("dense_steps") == "sparsed":
@@ -286,7 +287,8 @@ def accuracy_sweep(
                     handle.remove()
                 config = handle.config if hasattr(handle, "config") else handle.controller.config
                 row.update(
-                    accuracy=acc, density=report["density"], planned_density=report["planned_density"],
+                    accuracy=acc, density=report["density"], effective_density=report["effective_density"],
+                    planned_density=report["planned_density"],
                     dense_steps=report["dense_steps"], sparse_steps=report["sparse_steps"],
                     fallback_calls=report["calls"]["fallback"], config=config.to_dict(),
                 )

@@ -71,3 +71,21 @@ def test_bench_dlm_prints_a_table(capsys, tmp_path):
     rows = [line for line in lines if line and line[0] in ("256", "512")]
     assert len(rows) == 2 and all(row[3].endswith("x") for row in rows), out
     assert "attn share" in out and (tmp_path / "dlm.json").is_file()
+
+
+def test_accuracy_sweep_rows(model, capsys, tmp_path):
+    from sparse_diffusion.bench_dlm import accuracy_sweep
+
+    points = {"dense": None, "default": {}, "top-k 0.5": {"topk_ratio": 0.5, "cache_complement": False}}
+    result = accuracy_sweep((512,), count=4, points=points, model=model)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert rows["dense"]["same_as_dense"] == 1.0 and rows["dense"]["density"] == 1.0
+    assert result["setup"]["task"].endswith("gen_length = steps = 4")
+    for label in ("default", "top-k 0.5"):
+        row = rows[label]
+        assert row["sparse_steps"] == 3 and row["fallback_calls"] == 0
+        assert 0 < row["density"] <= row["effective_density"] < 1
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["same_as_dense"] <= 1
+    assert rows["default"]["density"] < rows["top-k 0.5"]["density"]
+    assert main(["bench", "dlm-accuracy", "--context", "512", "--count", "2", "--json", str(tmp_path / "a.json")]) == 0
+    assert "dlm default" in capsys.readouterr().out and (tmp_path / "a.json").is_file()
