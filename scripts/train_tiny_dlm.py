@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from jsonl_log import JsonlLog as Log  # scripts/ is on sys.path when a script runs
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not another install
@@ -47,18 +48,6 @@ def parse_args():
     p.add_argument("--eval-count", type=int, default=128)
     p.add_argument("--card-only", action="store_true", help="only rewrite OUT/MODEL_CARD.md from OUT/train_log.jsonl")
     return p.parse_args()
-
-
-class Log:
-    def __init__(self, path: Path):
-        self.f = path.open("w")
-        self.t0 = time.time()
-
-    def __call__(self, **row):
-        row["elapsed_s"] = round(time.time() - self.t0, 1)
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-        print(json.dumps(row), flush=True)
 
 
 def mdlm_batch(data, generator):

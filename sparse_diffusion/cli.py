@@ -62,6 +62,12 @@ def _print_paired(report: dict, out: Path) -> None:
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
+
+
 def _prepare_cpu_kernel() -> None:
     from . import cpu_kernel
 
@@ -162,8 +168,7 @@ def cmd_compare(args) -> int:
         print(f"{i:5d} {p:10.2f} {s:8.4f}")
     print(f"mean PSNR {_fmt_db(result['mean_psnr'])}, mean SSIM {result['mean_ssim']:.4f} over {result['frames']} frames")
     print(f"data range {result['data_range']:g} (uint8 frames), float64 arithmetic; {result['note']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
@@ -181,9 +186,7 @@ def cmd_bench_attention(args) -> int:
         device=args.device,
     )
     print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
@@ -243,9 +246,7 @@ def cmd_bench_dlm(args) -> int:
         warmup={"auto": None, "on": True, "off": False}[args.warmup], seed=args.seed,
     )
     print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
@@ -262,9 +263,7 @@ def cmd_bench_dlm_accuracy(args) -> int:
     result = accuracy_sweep(tuple(int(x) for x in args.context.split(",") if x.strip()), count=args.count,
                             base=base, on_row=lambda row: print(format_accuracy_row(row), flush=True))
     print(ACCURACY_NOTE)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
