@@ -44,6 +44,8 @@ class Adapter:
             so that each call starts with fresh state even after an interrupted one.
         step_module: submodule of the denoiser whose forward marks a step, when the denoiser's own `forward` is
             called directly (bypassing hooks) or also runs other work (DiffusionGemma: `model.decoder`).
+        config_defaults: `SparseAttentionConfig` fields this family starts from when no config object is given
+            (`accelerate_model(model, **overrides)`); an explicit `config=` is used as it is.
     """
 
     family: str
@@ -62,6 +64,7 @@ class Adapter:
     steps_attribute: str | None = None
     call_marker: str = "progress_bar"
     step_module: str | None = None
+    config_defaults: tuple[tuple[str, object], ...] = ()
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """`(name, module)` of every accelerated self-attention module, in module order.

@@ -6,12 +6,15 @@ shape LLaDA-8B (32 q / 32 kv heads) and Dream-7B (28 q / 4 kv heads) have. Its f
 returns `.logits` [B, L, V]; the Dream logit shift belongs to the sampler (`dlm.generate(shift_logits=True)`).
 `TinyBlockDiffusionLM` is the LLaDA2 stand-in (block-causal attention mask) for diffusers' `LLaDA2Pipeline`, whose
 real model is remote code.
-Weights are deterministic in `seed` and building does not touch the global RNG.
+Weights are deterministic in `seed` and building does not touch the global RNG. `load_trained_tiny_dlm()` loads the
+project-trained needle-retrieval model shipped in `weights/tiny_dlm_retrieval` (`scripts/train_tiny_dlm.py`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,30 +41,48 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0) -> 
 
 
 class TinyAttention(nn.Module):
-    """Self-attention with H query and HK key/value heads; `mask` (bool or additive [B, 1, L, L]) goes to SDPA."""
+    """Self-attention with H query and HK key/value heads; `mask` (bool or additive [B, 1, L, L]) goes to SDPA.
 
-    def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
+    `token_shift` = w > 0: queries, keys and values are projected from `x + conv(x)`, a depthwise convolution over
+    the w tokens on each side (weights start at zero), so a token can describe its neighbours: look-ups then need one
+    attention hop instead of two, which makes them far quicker to learn (short convolutions as in H3 / Based). The
+    attention call itself is unchanged.
+    """
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, token_shift: int = 0, rope_theta: float = 10000.0) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.rope_theta = rope_theta
         self.q_proj = nn.Linear(hidden, heads * self.head_dim)
         self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim)
         self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim)
         self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+        self.token_shift = int(token_shift)
+        self.shift = nn.Parameter(0.3 * torch.randn(2 * self.token_shift + 1, hidden)) if self.token_shift else None
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """x + the depthwise convolution over the `token_shift` neighbours on each side (zero padded)."""
+        w, n = self.token_shift, x.shape[1]
+        if not w:
+            return x
+        padded = F.pad(x, (0, 0, w, w))
+        return x + sum(padded[:, i: i + n] * self.shift[i] for i in range(2 * w + 1))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
-        q = rotary(self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2), positions)
-        k = rotary(self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), positions)
+        x = self.mix(x)
+        q = rotary(self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2), positions, self.rope_theta)
+        k = rotary(self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2), positions, self.rope_theta)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class TinyLayer(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
+    def __init__(self, hidden: int, heads: int, kv_heads: int, token_shift: int = 0, rope_theta: float = 10000.0) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(hidden)
-        self.attn = TinyAttention(hidden, heads, kv_heads)
+        self.attn = TinyAttention(hidden, heads, kv_heads, token_shift, rope_theta)
         self.mlp_norm = nn.RMSNorm(hidden)
         self.gate = nn.Linear(hidden, 2 * hidden, bias=False)
         self.up = nn.Linear(hidden, 2 * hidden, bias=False)
@@ -79,11 +100,15 @@ class TinyMaskedLM(nn.Module):
     Layers are `layers.N`, their attention `layers.N.attn` (what the `dlm` adapter accelerates).
     """
 
-    def __init__(self, vocab_size: int, hidden: int, num_layers: int, heads: int, kv_heads: int) -> None:
+    def __init__(self, vocab_size: int, hidden: int, num_layers: int, heads: int, kv_heads: int,
+                 token_shift: int = 0, rope_theta: float = 10000.0) -> None:
         super().__init__()
-        self.config = dict(vocab_size=vocab_size, hidden=hidden, num_layers=num_layers, heads=heads, kv_heads=kv_heads)
+        self.config = dict(vocab_size=vocab_size, hidden=hidden, num_layers=num_layers, heads=heads, kv_heads=kv_heads,
+                           token_shift=token_shift, rope_theta=rope_theta)
         self.embed = nn.Embedding(vocab_size, hidden)
-        self.layers = nn.ModuleList(TinyLayer(hidden, heads, kv_heads) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            TinyLayer(hidden, heads, kv_heads, token_shift, rope_theta) for _ in range(num_layers)
+        )
         self.norm = nn.RMSNorm(hidden)
         self.lm_head = nn.Linear(hidden, vocab_size)
 
@@ -99,14 +124,19 @@ class TinyMaskedLM(nn.Module):
         """The mask every layer's SDPA receives (None: fully bidirectional)."""
         return attention_mask
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> MaskedLMOutput:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normed hidden states [B, L, hidden] (`lm_head` of them are the logits)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device) if position_ids is None else position_ids
         mask = self.attention_mask(input_ids, attention_mask)
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, positions, mask)
-        return MaskedLMOutput(self.lm_head(self.norm(x)))
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> MaskedLMOutput:
+        return MaskedLMOutput(self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids)))
 
 
 class TinyBlockDiffusionLM(TinyMaskedLM):
@@ -188,4 +218,46 @@ def build_tiny_masked_lm(
     return model.to(dtype).eval()
 
 
-__all__ = ["MaskedLMOutput", "TinyBlockDiffusionLM", "TinyMaskedLM", "build_tiny_masked_lm", "rotary"]
+#: Folder of the project-trained retrieval model (`scripts/train_tiny_dlm.py`).
+TRAINED_DLM_DIR = Path(__file__).resolve().parent / "weights" / "tiny_dlm_retrieval"
+_ARCH_KEYS = ("vocab_size", "hidden", "num_layers", "heads", "kv_heads", "token_shift", "rope_theta")
+
+
+def save_tiny_dlm(model: TinyMaskedLM, folder: str | Path, extra_config: dict | None = None) -> Path:
+    """Write `model.safetensors` (float32) and `config.json` (architecture + `extra_config`) to `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(dict(model.config, **(extra_config or {})), indent=2) + "\n")
+    return folder
+
+
+def load_trained_tiny_dlm(folder: str | Path | None = None, *, dtype: torch.dtype = torch.float32) -> TinyMaskedLM:
+    """The project-trained `TinyMaskedLM` (multi-key needle retrieval, `pipelines.dlm_retrieval`), loaded offline
+    in eval mode. `model.config` holds the architecture plus `mask_id` and the task description; see the folder's
+    MODEL_CARD.md for the recipe and accuracies.
+
+    Raises:
+        SparseDiffusionError: the weight folder is missing (a source checkout without `pipelines/weights`).
+    """
+    from safetensors.torch import load_file
+
+    folder = TRAINED_DLM_DIR if folder is None else Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise SparseDiffusionError(
+            f"the trained tiny DLM is missing at {folder}; reinstall the package or retrain it with "
+            "`python scripts/train_tiny_dlm.py --out pipelines/weights/tiny_dlm_retrieval`."
+        )
+    config = json.loads((folder / "config.json").read_text())
+    model = TinyMaskedLM(*(config[k] for k in _ARCH_KEYS))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.config.update({k: v for k, v in config.items() if k not in _ARCH_KEYS})
+    return model.to(dtype).eval()
+
+
+__all__ = [
+    "MaskedLMOutput", "TRAINED_DLM_DIR", "TinyBlockDiffusionLM", "TinyMaskedLM", "build_tiny_masked_lm",
+    "load_trained_tiny_dlm", "rotary", "save_tiny_dlm",
+]

@@ -2,7 +2,8 @@
 # One prepared GPU run for a lent CUDA machine (torch + triton there, no diffusers): < 10 minutes.
 # 1) installs this package without dependencies (the kernels and ops need only torch + triton),
 # 2) runs the Triton kernel tests on the GPU (same cases as the interpreter tests, plus `gpu`-marked large shapes),
-# 3) runs the kernel benchmark (Wan-14B-like heads) and writes tables + JSON to $OUT (or ./gpu-results).
+# 3) runs the kernel benchmark (Wan-14B-like heads) and writes tables + JSON to $OUT (or ./gpu-results),
+# 4) times diffusion-LM sampling dense vs sparse at 16k and 64k tokens (`sparse-diffusion bench dlm`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -22,4 +23,9 @@ for N in 32760 75600; do
       --json "$OUT/bench_N${N}_d${D}.json" 2>&1 | tee -a "$OUT/bench.txt"
   done
 done
+# 4) diffusion-LM sampling, dense vs sparse (random LLaDA-8B-like heads: 32 x 128, fixed 20% top-k density), 16k and
+#    64k canvas; without diffusers the bench attaches the controller with plain torch hooks
+timeout 180 python -m sparse_diffusion.cli bench dlm --device cuda --dtype bfloat16 --context 16384,65536 --heads 32 \
+  --head-dim 128 --layers 2 --gen-length 128 --steps 16 --density 0.2 --json "$OUT/bench_dlm.json" 2>&1 \
+  | tee "$OUT/bench_dlm.txt"
 echo "done" | tee -a "$OUT/gpu.txt"

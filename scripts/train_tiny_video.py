@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from jsonl_log import JsonlLog as Log  # scripts/ is on sys.path when a script runs
 
 
 SHIFT = 3.0
@@ -79,18 +80,6 @@ def build(seed: int, layers: int, heads: int):
     return WanPipeline(
         tokenizer=tiny._t5_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
     )
-
-
-class Log:
-    def __init__(self, path: Path, append: bool = False):
-        self.f = path.open("a" if append else "w")
-        self.t0 = time.time()
-
-    def __call__(self, **row):
-        row["elapsed_s"] = round(time.time() - self.t0, 1)
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-        print(json.dumps(row), flush=True)
 
 
 def vae_clips(gen, batch):

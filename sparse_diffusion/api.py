@@ -195,10 +195,14 @@ def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionC
         )
 
 
-def _make_config(config: SparseAttentionConfig | None, overrides: dict) -> SparseAttentionConfig:
+def _make_config(config: SparseAttentionConfig | None, overrides: dict, adapter: Adapter | None = None
+                 ) -> SparseAttentionConfig:
+    """`config` with `overrides`; without a config, the adapter's `config_defaults` with `overrides`."""
     if config is not None and not isinstance(config, SparseAttentionConfig):
         raise SparseDiffusionError(f"config must be a SparseAttentionConfig or None, got {type(config).__name__}.")
-    config = config or SparseAttentionConfig()
+    if config is None:
+        defaults = dict(adapter.config_defaults) if adapter is not None else {}
+        return SparseAttentionConfig(**defaults).replace(**overrides) if defaults or overrides else SparseAttentionConfig()
     return config.replace(**overrides) if overrides else config
 
 
@@ -266,7 +270,8 @@ def accelerate_pipeline(
             its own plans) and a scheduler whose `timesteps` give the number of denoising steps; or a diffusion-LM
             pipeline with its LM in `pipe.model` (`LLaDA2Pipeline`: one step per forward, `pipe.num_timesteps` steps
             per call).
-        config: `SparseAttentionConfig`; default settings when `None`.
+        config: `SparseAttentionConfig`; when `None`, the default settings with the adapter's `config_defaults`
+            (diffusion LMs: `policy="topk"`, see the README) on top.
         adapter: adapter name or instance; looked up from the denoiser class when `None`. `"generic"` accelerates
             every square, unmasked self-attention call of an unknown model.
         **overrides: config fields to change, e.g. `dense_steps=10`.
@@ -279,7 +284,8 @@ def accelerate_pipeline(
         SparseDiffusionError: no denoiser found, unsupported model (lists supported families), bad config values,
             context-parallel models.
     """
-    config = _make_config(config, overrides)
+    if config is not None:  # a bad config fails before the model is inspected
+        _make_config(config, overrides)
     found = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2", "model")}
     found = {name: module for name, module in found.items() if isinstance(module, torch.nn.Module)}
     if not found:
@@ -288,6 +294,7 @@ def accelerate_pipeline(
             "accelerate_model()."
         )
     resolved = get_adapter(next(iter(found.values())), adapter)
+    config = _make_config(config, overrides, resolved)
     denoisers = {name: module for name, module in found.items() if name in resolved.denoiser_components}
     if resolved.family == "generic" or not denoisers:
         denoisers = found
@@ -313,13 +320,16 @@ def accelerate_model(
 
     Args:
         model: the denoiser module.
+        config: as in `accelerate_pipeline` (`None`: defaults plus the adapter's `config_defaults`).
         num_inference_steps: denoising steps per call; needed when `dense_steps` is a fraction.
 
     Raises:
         SparseDiffusionError: as `accelerate_pipeline`.
     """
-    config = _make_config(config, overrides)
+    if config is not None:  # a bad config fails before the model is inspected
+        _make_config(config, overrides)
     resolved = get_adapter(model, adapter)
+    config = _make_config(config, overrides, resolved)
     if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
         raise SparseDiffusionError(f"num_inference_steps={num_inference_steps!r} must be a positive int or None.")
     return _accelerate({"model": model}, config, resolved, lambda: num_inference_steps, restart=True, pipe=None)

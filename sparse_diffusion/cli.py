@@ -1,4 +1,5 @@
-"""`sparse-diffusion` command line: demo, generate, compare, bench attention, bench quality."""
+"""`sparse-diffusion` command line: demo, generate, compare, bench attention, bench quality, bench dlm, bench
+dlm-accuracy."""
 
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ def _print_paired(report: dict, out: Path) -> None:
         f"sparse {report['attention_time_s']['sparse']:.2f} s ({report['timing_note']})"
     )
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
 
 
 def _prepare_cpu_kernel() -> None:
@@ -161,8 +168,7 @@ def cmd_compare(args) -> int:
         print(f"{i:5d} {p:10.2f} {s:8.4f}")
     print(f"mean PSNR {_fmt_db(result['mean_psnr'])}, mean SSIM {result['mean_ssim']:.4f} over {result['frames']} frames")
     print(f"data range {result['data_range']:g} (uint8 frames), float64 arithmetic; {result['note']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
@@ -180,9 +186,7 @@ def cmd_bench_attention(args) -> int:
         device=args.device,
     )
     print(format_table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json(args.json, result)
     return 0
 
 
@@ -220,6 +224,46 @@ def cmd_bench_quality(args) -> int:
         print(f"{row['label']:48s} {row['density'] or 0:8.3f} {row['mean_psnr']:7.2f} {row['min_psnr']:6.2f} "
               f"{row['mean_ssim']:6.4f} {row['speedup']:5.2f}x {row['attention_speedup'] or 0:5.2f}x")
     print(f"wrote {out / 'quality_curve.json'} and {out / 'quality_curve.png'}")
+    return 0
+
+
+def cmd_bench_dlm(args) -> int:
+    import torch
+
+    from .bench_dlm import bench_dlm, format_table
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cpu" and args.backend in ("auto", "cpu"):
+        _prepare_cpu_kernel()
+    contexts = tuple(int(x) for x in args.context.split(",") if x.strip())
+    result = bench_dlm(
+        contexts, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, layers=args.layers,
+        gen_length=args.gen_length, steps=args.steps, block_length=args.block_length, density=args.density,
+        dense_steps=float(args.dense_steps) if "." in args.dense_steps else int(args.dense_steps),
+        block_size=args.block_size, backend=args.backend, dtype=dtype, device=args.device,
+        warmup={"auto": None, "on": True, "off": False}[args.warmup], seed=args.seed,
+    )
+    print(format_table(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def cmd_bench_dlm_accuracy(args) -> int:
+    import torch
+
+    from .bench_dlm import ACCURACY_HEADER, ACCURACY_NOTE, accuracy_sweep, format_accuracy_row
+
+    base = _load_config(args.config) if args.config else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _prepare_cpu_kernel()
+    print(ACCURACY_HEADER, flush=True)
+    result = accuracy_sweep(tuple(int(x) for x in args.context.split(",") if x.strip()), count=args.count,
+                            base=base, on_row=lambda row: print(format_accuracy_row(row), flush=True))
+    print(ACCURACY_NOTE)
+    _write_json(args.json, result)
     return 0
 
 
@@ -311,6 +355,39 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--quick", action="store_true", help="four points instead of the full sweep")
     qual.add_argument("--config", help="base SparseAttentionConfig (JSON) the sweep points modify")
     qual.set_defaults(func=cmd_bench_quality)
+    dlm = bench_sub.add_parser(
+        "dlm", help="diffusion-LM generate time, dense vs sparse, at several context lengths", formatter_class=fmt
+    )
+    dlm.add_argument("--context", default="4096,8192,16384", help="comma list of canvas lengths (prompt + generated)")
+    dlm.add_argument("--heads", type=int, default=4)
+    dlm.add_argument("--kv-heads", type=int)
+    dlm.add_argument("--head-dim", type=int, default=64)
+    dlm.add_argument("--layers", type=int, default=2)
+    dlm.add_argument("--gen-length", type=int, default=32)
+    dlm.add_argument("--steps", type=int, default=8)
+    dlm.add_argument("--block-length", type=int, help="semi-autoregressive block (default: gen length)")
+    dlm.add_argument("--density", type=float, default=0.2, help="top-k ratio of the sparse run (fixed, synthetic)")
+    dlm.add_argument("--dense-steps", default="0.25", help="dense warm-up: int steps or a fraction")
+    dlm.add_argument("--block-size", type=int, default=128)
+    dlm.add_argument("--backend", default="auto")
+    dlm.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    dlm.add_argument("--device", default="cpu")
+    dlm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    dlm.add_argument("--warmup", choices=["auto", "on", "off"], default="auto", help="untimed run first (auto: CUDA)")
+    dlm.add_argument("--seed", type=int, default=0)
+    dlm.add_argument("--json", help="write {setup, rows} to this JSON file")
+    dlm.set_defaults(func=cmd_bench_dlm)
+    dacc = bench_sub.add_parser(
+        "dlm-accuracy", formatter_class=fmt,
+        help="retrieval accuracy of the trained tiny DLM, dense vs sparse at several densities",
+    )
+    dacc.add_argument("--context", default="1024,2048,4096", help="comma list of prompt lengths")
+    dacc.add_argument("--count", type=int, default=64, help="held-out prompts per length (4 answer tokens each)")
+    dacc.add_argument("--config", help="base SparseAttentionConfig (JSON) the points modify (default: the dlm "
+                      "adapter's defaults)")
+    dacc.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    dacc.add_argument("--json", help="write {setup, rows} to this JSON file")
+    dacc.set_defaults(func=cmd_bench_dlm_accuracy)
     return parser
 
 

@@ -77,6 +77,12 @@ class SparseAttentionConfig:
             output-sized tensor (`[B, H, Sq, D]`, the input dtype) per layer and CFG branch; the report gives the total.
         keep_text_tokens (`bool`, defaults to `True`):
             Keep joint-attention text tokens (CogVideoX, Flux put them first) as dense rows and columns.
+        keep_generated_tokens (`bool`, defaults to `True`):
+            Diffusion LMs: keep the generated tokens (those after the prompt, whose length the sampler passes to
+            `begin_call(prompt_length=...)`) as dense rows and columns, i.e. every block holding one. They are the
+            tokens being predicted and few next to a long prompt; block-level selection otherwise ranks their key
+            blocks by a tile mass shared with the prompt rows of the same block, which can drop the one far block an
+            answer needs. No effect without a prompt length, or with `sparsed_selection`.
         collect_timings (`bool`, defaults to `True`):
             Time every intercepted attention call (wall clock on CPU; CUDA events on GPU, read when reported).
     """
@@ -96,6 +102,7 @@ class SparseAttentionConfig:
     token_tile: tuple[int, int, int] | None = None
     cache_complement: bool = False
     keep_text_tokens: bool = True
+    keep_generated_tokens: bool = True
     collect_timings: bool = True
 
     def __post_init__(self) -> None:
@@ -154,7 +161,8 @@ class SparseAttentionConfig:
                     f"token_tile={tile!r} must be three positive ints (frames, rows, columns), e.g. (2, 8, 8), or None."
                 )
             self.token_tile = tuple(int(t) for t in tile)
-        for name in ("cache_complement", "keep_text_tokens", "collect_timings", "sparsed_selection"):
+        for name in ("cache_complement", "keep_text_tokens", "keep_generated_tokens", "collect_timings",
+                     "sparsed_selection"):
             if not isinstance(getattr(self, name), bool):
                 raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
         if self.sparsed_selection and (self.policy != "topk" or self.max_density < 1.0):

@@ -266,18 +266,23 @@ class SparseController:
         return tile_permutation(tuple(grid), tile, str(q.device))
 
     def _text_ranges(self, seq_len: int, text_len: int, rotation: int = 0) -> list[tuple[int, int]]:
-        """Token ranges of the joint text, in a sequence rotated left by `rotation` tokens."""
-        if not self.config.keep_text_tokens or text_len <= 0 or text_len >= seq_len:
-            return []
-        if self.text_position == "last":
-            start = seq_len - text_len
-        elif self.text_position == "first":
-            start = 0
-        else:
-            return []
-        start = (start - rotation) % seq_len
-        end = start + text_len
-        return [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
+        """Token ranges kept dense, in a sequence rotated left by `rotation` tokens: the joint text and, for
+        diffusion LMs with a known prompt length, the generated tokens after the prompt (`keep_generated_tokens`)."""
+        spans = []
+        if self.config.keep_text_tokens and 0 < text_len < seq_len:
+            if self.text_position == "last":
+                spans.append((seq_len - text_len, text_len))
+            elif self.text_position == "first":
+                spans.append((0, text_len))
+        prompt = self.prompt_len
+        if self.config.keep_generated_tokens and not self.config.sparsed_selection and prompt and prompt < seq_len:
+            spans.append((prompt, seq_len - prompt))
+        ranges = []
+        for start, length in spans:
+            start = (start - rotation) % seq_len
+            end = start + length
+            ranges += [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
+        return ranges
 
     def attention(
         self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,

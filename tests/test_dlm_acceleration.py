@@ -54,7 +54,7 @@ def test_all_dense_steps_and_keep_all_masks_give_identical_canvases(models, kind
 def test_sparse_steps_report_consistent_densities(models, kind):
     model = models[kind]
     with accelerate_model(model, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=0.3,
-                          sparse_density_limit=1.0, refresh_threshold=0) as handle:
+                          sparse_density_limit=1.0, refresh_threshold=0, keep_generated_tokens=False) as handle:
         calls = spy_attention(handle)
         history = _run(model, kind)
         report = handle.report()
@@ -173,3 +173,20 @@ def test_sparsed_selection_end_to_end_uses_the_prompt_length(models):
     assert report["sparse_steps"] == 12 and report["calls"]["build"] == 2 and not bool((history[-1] == MASK).any())
     for layer, (q, k) in seen.items():
         assert torch.equal(masks[layer].to_dense(), sparsed_reference(q, k, 1 / math.sqrt(16), 16, prompt_len, 0.3))
+
+
+def test_generated_tokens_stay_dense_and_dlm_defaults_apply_without_a_config(models):
+    model = models["llada"]
+    with accelerate_model(model, dense_steps=0.25, block_size=16, sparse_density_limit=1.0,
+                          refresh_threshold=0) as handle:
+        config = handle.config
+        _run(model, "llada")  # prompt 32 + 64 generated = 96 tokens: blocks 2..5 hold generated tokens
+        masks = handle.masks()
+    assert (config.policy, config.topk_ratio, config.cache_complement, config.keep_generated_tokens) == (
+        "topk", 0.1, True, True) and config.refresh_threshold == 0.0
+    for mask in masks.values():
+        table = mask.to_dense()
+        assert bool(table[..., 2:, :].all()) and bool(table[..., :, 2:].all())
+        assert not bool(table[..., :2, :2].all()), "prompt rows stay sparse among prompt keys"
+    with accelerate_model(model, SparseAttentionConfig()) as handle:
+        assert handle.config.policy == "mass", "an explicit config is used as it is"
