@@ -24,27 +24,38 @@ from .runs import generate
 
 logger = logging.getLogger(__name__)
 
-#: (label, config fields replaced on top of the base config); the warm-up x top-k grid, the mass policy, then levers.
+#: (label, config fields replaced on top of the base config): the warm-up x top-k grid (with the default LSE-driven
+#: re-planning), then levers around warm-up 40%: re-planning off, complement caching, token tiles, dense first and
+#: last layers, the mass policy and a longer warm-up.
+_TOPK = {"policy": "topk"}
+_FIXED = {"refresh_threshold": 0.0}  # the mask built at the end of the warm-up serves every later step
 DEFAULT_POINTS: list[tuple[str, dict]] = [
     *[
-        (f"warm-up {int(ds * 100)}%, top-k {ratio:.2f}", {"dense_steps": ds, "policy": "topk", "topk_ratio": ratio})
+        (f"warm-up {int(ds * 100)}%, top-k {ratio:.2f}", {"dense_steps": ds, **_TOPK, "topk_ratio": ratio})
         for ds in (0.1, 0.25, 0.4)
-        for ratio in (0.1, 0.2, 0.3, 0.45, 0.6)
+        for ratio in (0.1, 0.2, 0.3, 0.45)
     ],
     *[
-        (f"warm-up 25%, mass {thr:.2f}", {"dense_steps": 0.25, "policy": "mass", "mass_threshold": thr})
-        for thr in (0.8, 0.9, 0.95)
+        (f"warm-up 40%, top-k {ratio:.2f}, no re-planning", {"dense_steps": 0.4, **_TOPK, "topk_ratio": ratio, **_FIXED})
+        for ratio in (0.3, 0.45)
     ],
-    ("warm-up 25%, mass 0.90, complement cache", {"dense_steps": 0.25, "mass_threshold": 0.9, "cache_complement": True}),
-    ("warm-up 25%, mass 0.90, token tiles (2,8,8)", {"dense_steps": 0.25, "mass_threshold": 0.9, "token_tile": (2, 8, 8)}),
-    ("warm-up 25%, mass 0.90, dense first+last layer", {"dense_steps": 0.25, "mass_threshold": 0.9, "dense_layers": (0, -1)}),
-    ("warm-up 25%, mass 0.90, no re-planning", {"dense_steps": 0.25, "mass_threshold": 0.9, "refresh_threshold": 0.0}),
-    ("warm-up 25%, top-k 0.20, complement cache", {"dense_steps": 0.25, "policy": "topk", "topk_ratio": 0.2, "cache_complement": True}),
+    *[
+        (f"warm-up 40%, top-k {ratio:.2f}, complement cache, no re-planning",
+         {"dense_steps": 0.4, **_TOPK, "topk_ratio": ratio, "cache_complement": True, **_FIXED})
+        for ratio in (0.3, 0.45)
+    ],
+    ("warm-up 40%, top-k 0.30, token tiles (2,8,8)", {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.3, "token_tile": (2, 8, 8)}),
+    ("warm-up 40%, top-k 0.30, dense first+last layer", {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.3, "dense_layers": (0, -1)}),
+    *[
+        (f"warm-up 40%, mass {thr:.2f}", {"dense_steps": 0.4, "policy": "mass", "mass_threshold": thr})
+        for thr in (0.9, 0.95)
+    ],
+    ("warm-up 50%, top-k 0.30", {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3}),
 ]
 
 QUICK_POINTS = [p for p in DEFAULT_POINTS if p[0] in (
-    "warm-up 25%, top-k 0.20", "warm-up 25%, top-k 0.45", "warm-up 25%, mass 0.90",
-    "warm-up 25%, mass 0.90, complement cache",
+    "warm-up 25%, top-k 0.20", "warm-up 40%, top-k 0.30", "warm-up 40%, top-k 0.30, complement cache, no re-planning",
+    "warm-up 40%, mass 0.90",
 )]
 
 

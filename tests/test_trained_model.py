@@ -70,3 +70,27 @@ def test_demo_config_keeps_quality_at_half_density_or_less(pipe):
     assert report["sparse_steps"] > 0 and report["fallbacks"] == []
     assert report["effective_density"] <= MAX_DENSITY
     assert quality["mean_psnr"] >= MIN_PSNR_DB, quality["per_frame_psnr"]
+
+
+def test_quality_curve_rows_against_the_dense_run(pipe, tmp_path):
+    """`run_quality_curve` on a reduced call: a keep-all point reproduces the dense video, a 10% top-k point is
+    measurably sparser and worse, re-plans count in the density, and the plot is written."""
+    from sparse_diffusion.quality_curve import plot_curve, run_quality_curve
+
+    call = dict(prompt="a blue square moving up", height=64, width=64, num_frames=9, num_inference_steps=4,
+                guidance_scale=5.0, output_type="np")
+    points = [
+        ("keep all", {"policy": "topk", "topk_ratio": 1.0, "sparse_density_limit": 1.0, "block_size": 16}),
+        ("top-k 0.1", {"policy": "topk", "topk_ratio": 0.1, "sparse_density_limit": 1.0, "block_size": 16,
+                       "refresh_threshold": 0.0}),
+        ("top-k 0.1, always re-plan", {"policy": "topk", "topk_ratio": 0.1, "sparse_density_limit": 1.0,
+                                       "block_size": 16, "refresh_threshold": 1.0}),
+    ]
+    result = run_quality_curve(pipe, [call], [0], points, progress=False)
+    rows = {r["label"]: r for r in result["points"]}
+    assert rows["keep all"]["density"] == 1.0 and rows["keep all"]["mean_psnr"] > 60
+    sparse, replan = rows["top-k 0.1"], rows["top-k 0.1, always re-plan"]
+    assert sparse["sparse_steps"] == 3 and sparse["density"] == sparse["sparse_density"] < 0.3
+    assert sparse["mean_psnr"] < rows["keep all"]["mean_psnr"] - 10
+    assert replan["sparse_density"] < 0.3 < replan["density"] <= 1.0  # the re-plans ran the full attention
+    assert plot_curve(result, tmp_path / "curve.png").stat().st_size > 1000
