@@ -290,6 +290,21 @@ def test_diffusion_gemma_defaults_run_sparse_prefix_attention(gemma):
     assert not bool(table[:, :, :6].all()) and bool(table[:, :, 6:].all())  # canvas key blocks 6-8 kept, prefix not all
 
 
+def test_diffusion_gemma_static_cache_slots_are_cut_off_and_served(gemma):
+    """A static cache gives keys [cache ; canvas ; unused slots] with the unused slots masked: they are cut off, which
+    leaves the canvas queries as the last keys again, and the calls run sparse."""
+    model, generate, _ = gemma
+    static = dict(cache_implementation="static", disable_compile=True)
+    baseline = generate(**static)
+    keep_all = dict(policy="mass", mass_threshold=1.0, sparse_density_limit=1.0)
+    with accelerate_model(model, block_size=16, **keep_all) as handle:
+        assert torch.equal(generate(**static), baseline)
+        report = handle.report()
+        lengths = {name: mask.seq_lengths for name, mask in handle.masks().items()}
+    assert report["calls"] == {"dense": 18, "build": 6, "sparse": 48, "fallback": 0} and report["passthrough"] == []
+    assert lengths == {"model.decoder.layers.0.self_attn": (32, 55), "model.decoder.layers.1.self_attn": (32, 137)}
+
+
 def test_diffusion_gemma_padding_masks_that_are_not_tile_patterns_pass_through(gemma):
     model, generate, _ = gemma
     prompts = torch.randint(3, 100, (2, 41), generator=torch.Generator().manual_seed(2))

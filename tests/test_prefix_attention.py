@@ -161,3 +161,12 @@ def test_a_grown_prefix_is_replanned_within_a_call():
     assert stats.calls == {"build": 2, "sparse": 1} and stats.replans == {"input geometry changed": 1}
     assert controller.last_masks["attn"].seq_lengths == (SQ, SK + 16)
     assert float((out - F.scaled_dot_product_attention(q, grown_k, grown_v, enable_gqa=True)).abs().max()) < 1e-5
+
+
+def test_sparsed_selection_runs_prefix_calls_dense_and_says_so():
+    q, k, v = _qkv(torch.float32, b=1)
+    controller = _controller(True, policy="topk", sparsed_selection=True)
+    out = _intercepted(controller, q, k, v)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    (reason,) = controller.stats["attn"].fallbacks
+    assert reason.startswith("build failed, ran dense: sparsed_selection does not support prefix attention (Sq=45")
