@@ -276,7 +276,7 @@ class SparseController:
         columns, columns only)`: the joint text and, with `keep_generated_tokens`, the generated tokens of a diffusion
         LM (after the prompt when its length is known, rows and columns) or, in prefix attention (`query_offset` =
         Sk - Sq > 0), the canvas keys (columns only: every query is a canvas token)."""
-        seq_len, sk = seq_lengths  # text and prompt spans are positions of the (square) query sequence
+        seq_len, sk = seq_lengths  # spans are query positions; query i is key i + query_offset
         spans = []
         if self.config.keep_text_tokens and 0 < text_len < seq_len:
             if self.text_position == "last":
@@ -291,7 +291,8 @@ class SparseController:
         for start, length in spans:
             start = (start - rotation) % seq_len
             end = start + length
-            ranges += [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
+            pieces = [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
+            ranges += [(s + query_offset, e + query_offset) for s, e in pieces]
         return ranges, [(query_offset, sk)] if generated and query_offset else []
 
     def attention(

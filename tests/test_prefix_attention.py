@@ -48,25 +48,28 @@ def test_forced_diagonal_is_the_key_blocks_holding_each_query_blocks_own_tokens(
      ("reference", torch.float64, 2e-5), ("triton", torch.float32, 2e-5)],
 )
 def test_prefix_attention_backends_match_float64_restricted_to_kept_blocks(backend, dtype, tol):
+    device = "cpu"
     if backend == "triton":
         pytest.importorskip("triton")
         launch = pytest.importorskip("sparse_diffusion.kernels.launch")
-        if not launch.interpreting():
-            pytest.skip("the Triton interpreter runs on CPU tensors (TRITON_INTERPRET=1, set by conftest)")
-    q, k, v = _qkv(dtype)
+        device = "cpu" if launch.interpreting() else "cuda"  # the interpreter (conftest) or a GPU
+        if device == "cuda" and not torch.cuda.is_available():
+            pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before kernels are imported")
+    q, k, v = (t.to(device) for t in _qkv(dtype))
     stats_backend = "triton" if backend == "triton" else "auto"
     out, lse, mass = ops.dense_attention_with_stats(q, k, v, BLOCK, backend=stats_backend)
     full, full_lse = attention_reference(q, k, v)  # float64
     assert float((out.double() - full).abs().max()) < tol and float((lse - full_lse).abs().max()) < 1e-5
     probs = torch.softmax((q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2)) / 32**0.5, -1)
     blocks = F.pad(probs, (0, 6 * 16 - SK, 0, 3 * 16 - SQ)).unflatten(-1, (6, 16)).unflatten(-3, (3, 16)).sum((-3, -1))
-    rows = torch.tensor([16.0, 16.0, 13.0], dtype=torch.float64)[:, None]
+    rows = torch.tensor([16.0, 16.0, 13.0], dtype=torch.float64, device=device)[:, None]
     assert float((mass.double() - blocks / rows).abs().max()) < 1e-5
 
     config = SparseAttentionConfig(block_size=BLOCK, policy="topk", topk_ratio=0.2)
     mask = plan_block_mask(mass, config, (SQ, SK), query_offset=PREFIX)
     table = mask.to_dense().expand(2, 4, 3, 6)
-    assert torch.equal(table & forced_blocks(BLOCK, (SQ, SK), query_offset=PREFIX), forced_blocks(BLOCK, (SQ, SK), query_offset=PREFIX).expand_as(table))
+    forced = forced_blocks(BLOCK, (SQ, SK), query_offset=PREFIX, device=device)
+    assert bool((table | ~forced).all())  # the offset diagonal is kept on every head
     assert 0.3 < mask.density().mean() < 0.7
     sparse, sparse_lse = ops.block_sparse_attention(q, k, v, mask, backend=backend)
     expected, expected_lse = attention_reference(q, k, v, token_mask=_token_mask(table))
@@ -170,3 +173,12 @@ def test_sparsed_selection_runs_prefix_calls_dense_and_says_so():
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     (reason,) = controller.stats["attn"].fallbacks
     assert reason.startswith("build failed, ran dense: sparsed_selection does not support prefix attention (Sq=45")
+
+
+def test_dense_ranges_of_prefix_calls_are_key_positions():
+    controller = SparseController(SparseAttentionConfig(block_size=BLOCK), ["attn"], lambda: None, text_position="first")
+    # canvas key columns only: every query is a canvas token; joint text (query positions 0..4) moves to keys 37..41
+    assert controller._dense_ranges((SQ, SK), 5, query_offset=PREFIX) == ([(37, 42)], [(PREFIX, SK)])
+    assert controller._dense_ranges((SQ, SQ), 5) == ([(0, 5)], [])  # self-attention unchanged
+    off = SparseController(SparseAttentionConfig(block_size=BLOCK, keep_generated_tokens=False), ["attn"], lambda: None)
+    assert off._dense_ranges((SQ, SK), 0, query_offset=PREFIX) == ([], [])
