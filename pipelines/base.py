@@ -44,6 +44,13 @@ class Adapter:
             so that each call starts with fresh state even after an interrupted one.
         step_module: submodule of the denoiser whose forward marks a step, when the denoiser's own `forward` is
             called directly (bypassing hooks) or also runs other work (DiffusionGemma: `model.decoder`).
+        call_module: submodule of the denoiser whose forward opens a new call (`begin_call`) before the steps that
+            follow it (DiffusionGemma: `model.encoder`, which runs once before each canvas is denoised, so every
+            canvas gets its own warm-up and plans).
+        query_is_key_suffix: the accelerated layers' calls with Sq < Sk are prefix attention, whose queries are the
+            last Sq keys (DiffusionGemma's decoder: canvas queries over `[encoder KV cache ; canvas]` keys); they are
+            served sparse (query blocks over the Sq queries, key blocks over all Sk keys, the diagonal offset by
+            Sk - Sq). False: such calls are cross-attention and pass through.
         config_defaults: `SparseAttentionConfig` fields this family starts from when no config object is given
             (`accelerate_model(model, **overrides)`); an explicit `config=` is used as it is.
     """
@@ -64,6 +71,8 @@ class Adapter:
     steps_attribute: str | None = None
     call_marker: str = "progress_bar"
     step_module: str | None = None
+    call_module: str | None = None
+    query_is_key_suffix: bool = False
     config_defaults: tuple[tuple[str, object], ...] = ()
 
     def self_attention_layers(self, denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

@@ -10,6 +10,12 @@ without repeating K/V when the model passes `enable_gqa=True`; a model that repe
 from .base import Adapter
 
 
+# defaults without a config object: SparseD's ratio top-k at 10% plus complement caching (prompt tokens do not change
+# between steps, so the cached dropped-block output stays close to exact) and, as in SparseD, one mask per call (the
+# LSE kept-mass estimate is low by design here); see the README's accuracy table on the trained tiny_dlm_retrieval model
+DLM_CONFIG_DEFAULTS = (("policy", "topk"), ("topk_ratio", 0.1), ("cache_complement", True), ("refresh_threshold", 0.0))
+
+
 MASKED_LM = Adapter(
     family="dlm",
     transformer_classes=("LLaDAModelLM", "DreamModel", "TinyMaskedLM"),
@@ -18,9 +24,5 @@ MASKED_LM = Adapter(
     denoiser_components=("model",),
     step_source="forward",
     token_layout="[prompt | generated] tokens, bidirectional; every forward is one step",
-    # defaults without a config object: SparseD's ratio top-k at 10% plus complement caching (prompt tokens do not
-    # change between steps, so the cached dropped-block output stays close to exact) and, as in SparseD, one mask
-    # per call (the LSE kept-mass estimate is low by design here); see the README's accuracy table on the trained
-    # tiny_dlm_retrieval model
-    config_defaults=(("policy", "topk"), ("topk_ratio", 0.1), ("cache_complement", True), ("refresh_threshold", 0.0)),
+    config_defaults=DLM_CONFIG_DEFAULTS,
 )

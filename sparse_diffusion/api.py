@@ -250,6 +250,7 @@ def _accelerate(
         text_position=adapter.text_position,
         step_per_forward=per_forward,
         increasing_timesteps=adapter.increasing_timesteps,
+        query_is_key_suffix=adapter.query_is_key_suffix,
     )
     torch_hooks = {c: install_hooks(d, controller, adapter, layers[c]) for c, d in denoisers.items()}
     handle = SparseHandle(denoisers, controller, adapter, torch_hooks, pipe)

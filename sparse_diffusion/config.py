@@ -82,7 +82,8 @@ class SparseAttentionConfig:
             `begin_call(prompt_length=...)`) as dense rows and columns, i.e. every block holding one. They are the
             tokens being predicted and few next to a long prompt; block-level selection otherwise ranks their key
             blocks by a tile mass shared with the prompt rows of the same block, which can drop the one far block an
-            answer needs. No effect without a prompt length, or with `sparsed_selection`.
+            answer needs. No effect without a prompt length, or with `sparsed_selection`. Prefix attention
+            (DiffusionGemma's decoder: every query is a canvas token) keeps the canvas key columns instead.
         collect_timings (`bool`, defaults to `True`):
             Time every intercepted attention call (wall clock on CPU; CUDA events on GPU, read when reported).
     """

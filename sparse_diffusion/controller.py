@@ -95,6 +95,8 @@ class SparseController:
             the first forward, or, when no call was opened, once the forwards of the last call reach its steps.
         text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
             `None` (no text tokens); their count comes from `begin_forward`.
+        query_is_key_suffix: calls with Sq < Sk are prefix attention, their queries being the last Sq keys
+            (DiffusionGemma's decoder); read by the interceptor, which serves them instead of passing them through.
     """
 
     def __init__(
@@ -106,8 +108,10 @@ class SparseController:
         text_position: str | None = None,
         increasing_timesteps: bool = False,
         step_per_forward: bool = False,
+        query_is_key_suffix: bool = False,
     ) -> None:
         self.config = config
+        self.query_is_key_suffix = query_is_key_suffix
         self.step_per_forward = step_per_forward
         self.text_position = text_position
         self.layer_names = list(layer_names)
@@ -265,46 +269,57 @@ class SparseController:
             return None
         return tile_permutation(tuple(grid), tile, str(q.device))
 
-    def _text_ranges(self, seq_len: int, text_len: int, rotation: int = 0) -> list[tuple[int, int]]:
-        """Token ranges kept dense, in a sequence rotated left by `rotation` tokens: the joint text and, for
-        diffusion LMs with a known prompt length, the generated tokens after the prompt (`keep_generated_tokens`)."""
+    def _dense_ranges(
+        self, seq_lengths: tuple[int, int], text_len: int, rotation: int = 0, query_offset: int = 0
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Token ranges kept dense, in key positions of a sequence rotated left by `rotation` tokens, as `(rows and
+        columns, columns only)`: the joint text and, with `keep_generated_tokens`, the generated tokens of a diffusion
+        LM (after the prompt when its length is known, rows and columns) or, in prefix attention (`query_offset` =
+        Sk - Sq > 0), the canvas keys (columns only: every query is a canvas token)."""
+        seq_len, sk = seq_lengths  # spans are query positions; query i is key i + query_offset
         spans = []
         if self.config.keep_text_tokens and 0 < text_len < seq_len:
             if self.text_position == "last":
                 spans.append((seq_len - text_len, text_len))
             elif self.text_position == "first":
                 spans.append((0, text_len))
+        generated = self.config.keep_generated_tokens and not self.config.sparsed_selection
         prompt = self.prompt_len
-        if self.config.keep_generated_tokens and not self.config.sparsed_selection and prompt and prompt < seq_len:
+        if generated and not query_offset and prompt and prompt < seq_len:
             spans.append((prompt, seq_len - prompt))
         ranges = []
         for start, length in spans:
             start = (start - rotation) % seq_len
             end = start + length
-            ranges += [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
-        return ranges
+            pieces = [(start, end)] if end <= seq_len else [(start, seq_len), (0, end - seq_len)]
+            ranges += [(s + query_offset, e + query_offset) for s, e in pieces]
+        return ranges, [(query_offset, sk)] if generated and query_offset else []
 
     def attention(
         self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
         *, call_index: int = 0, seq_lens_k: tuple[int, ...] | None = None, rotation: int = 0,
-        allowed: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None, query_offset: int = 0,
     ) -> torch.Tensor:
         """Serve one eligible self-attention call; `dense_fn()` runs the original.
 
         Args:
-            q: [B, H, Sq, D]; k, v: [B, HK, Sk, D] (Sk < Sq when padded keys were cut off).
+            q: [B, H, Sq, D]; k, v: [B, HK, Sk, D] (Sk < Sq when padded keys were cut off; Sk = Sq + query_offset in
+                prefix attention).
             call_index: the call's position among the layer's eligible calls in this forward (own plan each).
             seq_lens_k: valid keys per batch element when they differ (varlen key padding), else None.
             rotation: the tokens arrive rotated left by this many positions (a padded run moved to the end);
                 text ranges are rotated alike. `dense_fn` returns the output in the same rotated order.
             allowed: the call's attention mask as a bool tile table [B or 1, H or 1, QB, KB] (block-causal, ...):
                 the build pass attends only allowed tiles and the planned masks keep only those; None when unmasked.
+            query_offset: prefix attention (`query_is_key_suffix`): query i is key `i + query_offset`, so the forced
+                diagonal sits there and `keep_generated_tokens` keeps the canvas key columns [query_offset, Sk).
+                Query blocks tile the Sq queries, key blocks all Sk keys; the offset need not be a block multiple.
         """
         text_len = self._call_text_len(q.shape[2])
         perm = None if rotation or allowed is not None else self._tile_permutation(q, k, text_len)
         geometry = (
             tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None, seq_lens_k,
-            rotation,
+            rotation, query_offset,
         )
         key = (self.context, layer, call_index)
         phase, replan_reason = self._phase(layer, key, geometry, allowed)
@@ -322,8 +337,10 @@ class SparseController:
             with timer:
                 try:
                     lens = None if seq_lens_k is None else torch.tensor(seq_lens_k, dtype=torch.int32, device=q.device)
-                    ranges = self._text_ranges(q.shape[2], text_len, rotation)
-                    out = self._build(layer, key, geometry, q, k, v, scale, stats, ranges, lens, allowed, rotation)
+                    ranges = self._dense_ranges((q.shape[2], k.shape[2]), text_len, rotation, query_offset)
+                    out = self._build(
+                        layer, key, geometry, q, k, v, scale, stats, ranges, lens, allowed, rotation, query_offset
+                    )
                     if perm is not None:
                         out = out.index_select(2, inverse)
                 except SparseDiffusionError as exc:  # never fail after the warm-up has been paid for
@@ -347,12 +364,18 @@ class SparseController:
         return out
 
     def _build(
-        self, layer, key, geometry, q, k, v, scale, stats, text_ranges, seq_lens_k, allowed=None, rotation=0
+        self, layer, key, geometry, q, k, v, scale, stats, dense_ranges, seq_lens_k, allowed=None, rotation=0,
+        query_offset=0,
     ) -> torch.Tensor:
         if self.config.sparsed_selection and (allowed is not None or seq_lens_k is not None or rotation):
             raise SparseDiffusionError(
                 "sparsed_selection does not support masked attention (a tile-pattern mask such as block-causal, or "
                 "key padding)"
+            )
+        if self.config.sparsed_selection and query_offset:
+            raise SparseDiffusionError(
+                f"sparsed_selection does not support prefix attention (Sq={q.shape[2]} queries over Sk={k.shape[2]} "
+                "keys); use policy='topk' or 'mass' without it"
             )
         backend = ops.choose_sparse_backend(  # first: a backend that cannot serve fails before the costly pass
             q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
@@ -365,8 +388,10 @@ class SparseController:
         if self.config.sparsed_selection:
             mask = self._plan_sparsed(mass, q, k, v, scale)
         else:
+            token_ranges, key_ranges = dense_ranges
             mask = plan_block_mask(
-                mass, self.config, (sq, sk), dense_token_ranges=text_ranges, seq_lens_k=seq_lens_k, allowed=allowed
+                mass, self.config, (sq, sk), dense_token_ranges=token_ranges, seq_lens_k=seq_lens_k, allowed=allowed,
+                query_offset=query_offset, dense_key_ranges=key_ranges,
             )
         build_kept = kept_mass(mass, mask)
         limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]

@@ -97,6 +97,9 @@ def install_hooks(denoiser, controller, adapter, layers: list[tuple[str, object]
         stepper.register_forward_pre_hook(step_hook.before_forward, with_kwargs=True),
         stepper.register_forward_hook(step_hook.after_forward, with_kwargs=True, always_call=True),
     ]
+    if adapter.call_module:  # its forward precedes a new call's steps (DiffusionGemma: the encoder, once per canvas)
+        opener = denoiser.get_submodule(adapter.call_module)
+        handles.append(opener.register_forward_pre_hook(lambda module, args: controller.begin_call()))
     for name, module in layers:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(AttentionLayerHook(controller, name), ATTENTION_HOOK)
     HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()

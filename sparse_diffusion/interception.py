@@ -18,8 +18,13 @@ Masks (bool, or additive with only 0 and -inf / the dtype's min) are honoured wi
   A tile pattern combined with padding of a different length per batch element is honoured only when that padding
   is tile-aligned too; otherwise the call passes through ("not aligned to ... tiles").
 
-Calls the sparse path cannot honour (other masks, causal, dropout, Sq != Sk, autograd) pass through unchanged and are
-counted in the report with the reason.
+Prefix attention: an adapter that declares `query_is_key_suffix` (DiffusionGemma's decoder: canvas queries over
+`[encoder KV cache ; canvas]` keys) has its calls with Sq < Sk served too, query i being key `i + Sk - Sq`; such a call
+keeps its layout (no rotation) and honours a mask only as a tile pattern (trailing masked keys, e.g. unused static
+cache slots, are cut first). Other adapters' Sq != Sk calls are cross-attention and pass through.
+
+Calls the sparse path cannot honour (other masks, causal, dropout, cross-attention, autograd) pass through unchanged
+and are counted in the report with the reason.
 """
 
 from __future__ import annotations
@@ -125,9 +130,10 @@ def block_pattern(
     return length, allowed
 
 
-def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | None:
+def ineligible_reason(call: dict, block_k: int, trimmed: bool = False, query_suffix: bool = False) -> str | None:
     """Why a bound SDPA call cannot take the sparse path, or `None` when it can. `trimmed`: the mask was honoured
-    and padded keys were cut off, so Sq != Sk is expected."""
+    and padded keys were cut off, so Sq != Sk is expected. `query_suffix`: the queries are the last Sq keys (prefix
+    attention), so Sq < Sk is expected."""
     q, k, v = call["query"], call["key"], call["value"]
     if not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         return "q/k/v are not 4-D [B, H, S, D] tensors"
@@ -137,7 +143,9 @@ def ineligible_reason(call: dict, block_k: int, trimmed: bool = False) -> str | 
         return "is_causal=True"
     if call["dropout_p"]:
         return "dropout_p > 0"
-    if q.shape[2] != k.shape[2] and not trimmed:
+    if query_suffix and q.shape[2] > k.shape[2]:
+        return f"prefix attention with fewer keys than queries (Sq={q.shape[2]}, Sk={k.shape[2]})"
+    if q.shape[2] != k.shape[2] and not (trimmed or query_suffix):
         return "cross-attention (Sq != Sk)"
     if k.shape[1] != q.shape[1] and not (call["enable_gqa"] and q.shape[1] % k.shape[1] == 0):
         return "heads of q and k/v differ without enable_gqa"
@@ -171,8 +179,10 @@ class SDPAInterceptor(TorchFunctionMode):
         q, k = call["query"], call["key"]
         self_attention = isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == k.dim() == 4
         trimmed, reason, allowed, shift, seq_lens_k = False, None, None, 0, None
-        if call["attn_mask"] is not None and self_attention and q.shape[2] == k.shape[2]:  # never cross-attention
-            padding = key_padding(call["attn_mask"], k)
+        square = self_attention and q.shape[2] == k.shape[2]
+        prefix = self_attention and self.controller.query_is_key_suffix and q.shape[2] < k.shape[2]
+        if call["attn_mask"] is not None and (square or prefix):  # never cross-attention
+            padding = key_padding(call["attn_mask"], k) if square else None  # a rotation would break the suffix
             if padding is not None:  # padded keys contribute nothing: move them to the end, cut them, drop the mask
                 valid, end = padding
                 sk = k.shape[2]
@@ -190,8 +200,10 @@ class SDPAInterceptor(TorchFunctionMode):
                 else:  # masked trailing keys contribute nothing: drop them; the tile table replaces the mask
                     length, allowed = pattern
                     call = dict(call, attn_mask=None, key=k[:, :, :length], value=call["value"][:, :, :length])
-                    trimmed = True
-        reason = reason or ineligible_reason(call, self.controller.config.block_size[1], trimmed=trimmed)
+                    trimmed = not prefix
+        reason = reason or ineligible_reason(
+            call, self.controller.config.block_size[1], trimmed=trimmed, query_suffix=prefix
+        )
         if reason is not None:
             self.controller.record_passthrough(self.layer, reason)
             return func(*args, **kwargs)
@@ -200,6 +212,7 @@ class SDPAInterceptor(TorchFunctionMode):
             self.layer, call["query"], call["key"], call["value"], call["scale"],
             lambda: _rotate(func(*args, **kwargs), shift),
             call_index=self.served - 1, seq_lens_k=seq_lens_k, rotation=shift, allowed=allowed,
+            query_offset=call["key"].shape[2] - q.shape[2] if prefix else 0,
         )
         return _rotate(out, -shift)
 

@@ -30,21 +30,33 @@ def forced_blocks(
     dense_token_ranges: list[tuple[int, int]] = (),
     keep_diagonal: bool = True,
     device: torch.device | str = "cpu",
+    *,
+    query_offset: int = 0,
+    dense_key_ranges: list[tuple[int, int]] = (),
 ) -> torch.Tensor:
-    """Tiles every mask keeps, bool [QB, KB]: the diagonal (tiles holding a query position's own key position, for
-    positions below min(Sq, Sk): self-attention, also with trailing padded keys cut off) and whole rows and columns of
-    blocks touching `dense_token_ranges` (joint text tokens)."""
+    """Tiles every mask keeps, bool [QB, KB].
+
+    Token positions are key positions; query i sits at key position `i + query_offset` (0: self-attention, also with
+    trailing padded keys cut off; `Sk - Sq` for prefix attention, whose queries are the last Sq keys, e.g.
+    DiffusionGemma's canvas over `[encoder KV cache ; canvas]`). Kept: the diagonal (tiles holding a query's own key
+    position; with an offset that is not a multiple of BLOCK_K a query block's own keys straddle two key blocks), whole
+    rows and columns of blocks touching `dense_token_ranges` (joint text tokens) and whole columns of key blocks
+    touching `dense_key_ranges` (prefix attention's canvas keys).
+    """
     bq, bk = block_size
     sq, sk = seq_lengths
     qb, kb = num_blocks(sq, bq), num_blocks(sk, bk)
     forced = torch.zeros(qb, kb, dtype=torch.bool, device=device)
     if keep_diagonal:
-        pos = torch.arange(min(sq, sk), device=device)
-        forced[pos // bq, pos // bk] = True
+        pos = torch.arange(max(0, min(sq, sk - query_offset)), device=device)
+        forced[pos // bq, (pos + query_offset) // bk] = True
     ranges = list(dense_token_ranges)
     if ranges:
-        forced |= _blocks_touching(ranges, bq, qb, forced.device)[:, None]
-        forced |= _blocks_touching([(s, min(e, sk)) for s, e in ranges], bk, kb, forced.device)[None, :]
+        rows = [(max(0, s - query_offset), min(sq, e - query_offset)) for s, e in ranges]
+        forced |= _blocks_touching(rows, bq, qb, forced.device)[:, None]
+    columns = [(s, min(e, sk)) for s, e in ranges + list(dense_key_ranges)]
+    if columns:
+        forced |= _blocks_touching(columns, bk, kb, forced.device)[None, :]
     return forced
 
 
@@ -57,6 +69,8 @@ def plan_block_mask(
     keep_diagonal: bool = True,
     seq_lens_k: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
+    query_offset: int = 0,
+    dense_key_ranges: list[tuple[int, int]] = (),
 ) -> BlockSparseMask:
     """Choose kept key blocks per (batch, head, query block) from the exact tile mass.
 
@@ -64,8 +78,11 @@ def plan_block_mask(
         block_mass: float32 [B, H, QB, KB], rows sum to 1 (from `ops.dense_attention_with_stats`).
         config: `policy` (`"mass"`: fewest blocks whose mass reaches `mass_threshold`; `"topk"`:
             `ceil(topk_ratio * KB)` largest), clamped to [`min_kv_blocks`, `ceil(max_density * KB)`]; then the
-            forced tiles (diagonal, `dense_token_ranges` rows and columns) are added.
+            forced tiles (diagonal, `dense_token_ranges` rows and columns, `dense_key_ranges` columns; see
+            `forced_blocks`) are added.
         seq_lengths: `(Sq, Sk)` in tokens.
+        query_offset: key position of query 0 (`Sk - Sq` for prefix attention, whose queries are the last Sq keys;
+            0 for self-attention); places the forced diagonal.
         seq_lens_k: int [B], valid keys per batch element (None = all Sk): key blocks that start at or past it are
             never kept, forced ones included.
         allowed: bool [B or 1, H or 1, QB, KB], the call's attention mask in tile form: the result keeps only allowed
@@ -98,7 +115,10 @@ def plan_block_mask(
     rank = torch.arange(kb, device=mass.device)
     chosen_sorted = rank < keep[..., None]
     chosen = torch.zeros_like(chosen_sorted).scatter_(-1, order, chosen_sorted)
-    chosen |= forced_blocks(config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device)
+    chosen |= forced_blocks(
+        config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device,
+        query_offset=query_offset, dense_key_ranges=dense_key_ranges,
+    )
     if allowed is not None:
         chosen &= allowed.to(chosen.device)
     if seq_lens_k is not None:

@@ -1,5 +1,5 @@
 """Block-diffusion LMs: block-causal masks honoured per tile (diffusers' LLaDA2Pipeline with a tiny stand-in model)
-and DiffusionGemma's non-square decoder attention passing through."""
+and DiffusionGemma's decoder prefix attention (canvas queries over [encoder KV cache ; canvas] keys) run sparse."""
 
 import pytest
 import torch
@@ -210,34 +210,112 @@ def test_llada2_tail_padding_is_cut_and_misaligned_blocks_pass_through(llada2):
     }
 
 
-def test_diffusion_gemma_generate_runs_unchanged_and_reports_dense_pass_through():
+@pytest.fixture(scope="module")
+def gemma():
+    """A tiny random float64 DiffusionGemma (canvas 32, sliding window 24: the sliding layer keeps 23 cached tokens),
+    a 41-token prompt and its plain `generate()` output: 3 canvases of 12 denoising steps (prefixes 23 and 41..105,
+    none a multiple of the 16-token tiles)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
     text = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=16, num_experts=4,
+                num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=24, num_experts=4,
                 top_k_experts=2, moe_intermediate_size=32, layer_types=["sliding_attention", "full_attention"])
     vision = dict(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
                   num_key_value_heads=2, head_dim=8)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = DiffusionGemmaForBlockDiffusion(
-            DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=16)
-        ).eval()
-    prompt = torch.randint(3, 100, (1, 10), generator=torch.Generator().manual_seed(0))
+            DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=32)
+        ).eval().double()
+    model.set_experts_implementation("eager")  # grouped_mm has no float64 kernel
+    prompt = torch.randint(3, 100, (1, 41), generator=torch.Generator().manual_seed(0))
 
-    def generate():
-        torch.manual_seed(1)
-        return model.generate(prompt, max_new_tokens=32).sequences
+    def generate(ids=prompt, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            return model.generate(ids, max_new_tokens=96, max_denoising_steps=12, **kwargs).sequences
 
-    baseline = generate()
+    return model, generate, generate()
+
+
+def _decoder_hooks(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in (model.model.encoder, model.model.decoder))
+
+
+def test_diffusion_gemma_dense_warmup_over_all_steps_is_token_identical(gemma):
+    model, generate, baseline = gemma
+    with accelerate_model(model, block_size=16, dense_steps=1000) as handle:
+        assert torch.equal(generate(), baseline)
+        report = handle.report()
+    assert report["calls"] == {"dense": 2 * 36, "build": 0, "sparse": 0, "fallback": 0} and report["passthrough"] == []
+    assert [run["steps_run"] for run in report["runs"]] == [12, 12, 12]  # one call per canvas
+
+
+@pytest.mark.parametrize("keep_all", [
+    dict(policy="mass", mass_threshold=1.0, cache_complement=False),
+    dict(policy="topk", topk_ratio=1.0),  # with the adapter's default complement caching
+], ids=["mass", "topk-complement"])
+def test_diffusion_gemma_keep_all_sparse_decoder_attention_is_token_identical(gemma, keep_all):
+    model, generate, baseline = gemma
+    hooks = _decoder_hooks(model)
+    with accelerate_model(model, block_size=16, sparse_density_limit=1.0, **keep_all) as handle:
+        assert torch.equal(generate(), baseline)
+        report = handle.report()
+        masks = handle.masks()
+        assert _decoder_hooks(model) > hooks
+    assert handle.layer_names == ["model.decoder.layers.0.self_attn", "model.decoder.layers.1.self_attn"]
+    # per canvas and layer: 3 dense warm-up steps, the build, 8 sparse steps; nothing passes through as cross-attention
+    assert report["calls"] == {"dense": 18, "build": 6, "sparse": 48, "fallback": 0} and report["passthrough"] == []
+    assert report["density"] == 1.0 and [run["sparse_steps"] for run in report["runs"]] == [8, 8, 8]
+    assert masks["model.decoder.layers.0.self_attn"].seq_lengths == (32, 55)  # 23 cached tokens + canvas
+    assert masks["model.decoder.layers.1.self_attn"].seq_lengths == (32, 137)  # prompt + 2 canvases + canvas
+    assert _decoder_hooks(model) == hooks and torch.equal(generate(), baseline), "removed on exit"
+
+
+def test_diffusion_gemma_defaults_run_sparse_prefix_attention(gemma):
+    model, generate, baseline = gemma
     with accelerate_model(model, block_size=16) as handle:
         out = generate()
         report = handle.report()
-    assert torch.equal(out, baseline)
-    assert handle.layer_names == ["model.decoder.layers.0.self_attn", "model.decoder.layers.1.self_attn"]
-    steps = report["runs"][0]["steps_run"]
-    assert steps > 0 and report["calls"] == {"dense": 0, "build": 0, "sparse": 0, "fallback": 0}
-    assert {(p["layer"], p["reason"], p["count"]) for p in report["passthrough"]} == {
-        (name, "cross-attention (Sq != Sk)", steps) for name in handle.layer_names
+        masks = handle.masks()
+    config = handle.controller.config
+    assert (config.policy, config.topk_ratio, config.cache_complement, config.dense_steps) == ("topk", 0.1, True, 4)
+    assert out.shape == baseline.shape and report["passthrough"] == []
+    calls = report["calls"]
+    assert (calls["dense"], calls["build"], calls["sparse"] + calls["fallback"]) == (18, 6, 48) and calls["sparse"] >= 16
+    reasons = {r for layer in handle.controller.stats.values() for r in layer.fallbacks}
+    assert all(r.startswith("planned density above the sparse break-even 0.60 of backend gather") for r in reasons)
+    assert 0.3 < report["density"] < 0.7
+    table = masks["model.decoder.layers.1.self_attn"].to_dense()[0]  # [H, QB = 2, KB = 9], prefix 105
+    assert not bool(table[:, :, :6].all()) and bool(table[:, :, 6:].all())  # canvas key blocks 6-8 kept, prefix not all
+
+
+def test_diffusion_gemma_static_cache_slots_are_cut_off_and_served(gemma):
+    """A static cache gives keys [cache ; canvas ; unused slots] with the unused slots masked: they are cut off, which
+    leaves the canvas queries as the last keys again, and the calls run sparse."""
+    model, generate, _ = gemma
+    static = dict(cache_implementation="static", disable_compile=True)
+    baseline = generate(**static)
+    keep_all = dict(policy="mass", mass_threshold=1.0, sparse_density_limit=1.0)
+    with accelerate_model(model, block_size=16, **keep_all) as handle:
+        assert torch.equal(generate(**static), baseline)
+        report = handle.report()
+        lengths = {name: mask.seq_lengths for name, mask in handle.masks().items()}
+    assert report["calls"] == {"dense": 18, "build": 6, "sparse": 48, "fallback": 0} and report["passthrough"] == []
+    assert lengths == {"model.decoder.layers.0.self_attn": (32, 55), "model.decoder.layers.1.self_attn": (32, 137)}
+
+
+def test_diffusion_gemma_padding_masks_that_are_not_tile_patterns_pass_through(gemma):
+    model, generate, _ = gemma
+    prompts = torch.randint(3, 100, (2, 41), generator=torch.Generator().manual_seed(2))
+    attention_mask = torch.ones(2, 41, dtype=torch.long)
+    attention_mask[1, :9] = 0  # left padding: the full layer's keys are masked per sample, not per tile
+    baseline = generate(prompts, attention_mask=attention_mask)
+    keep_all = dict(policy="mass", mass_threshold=1.0, sparse_density_limit=1.0)
+    with accelerate_model(model, block_size=16, **keep_all) as handle:
+        assert torch.equal(generate(prompts, attention_mask=attention_mask), baseline)
+        report = handle.report()
+    assert {(p["layer"], p["reason"]) for p in report["passthrough"]} == {
+        ("model.decoder.layers.1.self_attn", "explicit attn_mask (not aligned to 16x16 tiles)")
     }
-    assert torch.equal(generate(), baseline), "removed on exit"
+    assert handle.controller.stats["model.decoder.layers.0.self_attn"].calls["sparse"] > 0  # window past the padding
