@@ -191,6 +191,8 @@ def cmd_bench_attention(args) -> int:
 
 
 def cmd_bench_quality(args) -> int:
+    import torch
+
     from .pipelines import shapes
     from .pipelines.tiny import load_trained_tiny_wan_pipeline
     from .quality_curve import DEFAULT_POINTS, QUICK_POINTS, plot_curve, run_quality_curve
@@ -199,6 +201,8 @@ def cmd_bench_quality(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _prepare_cpu_kernel()
     base = _load_config(args.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pipe = load_trained_tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
     prompts = args.prompt or shapes.QUALITY_PROMPTS[: args.num_prompts]
@@ -212,6 +216,7 @@ def cmd_bench_quality(args) -> int:
     result["setup"] = {
         "model": pipe._sparse_diffusion_weights, "prompts": prompts, "seeds": seeds, "steps": args.steps,
         "size": [args.frames, args.size, args.size], "base_config": base.to_dict(),
+        "threads": torch.get_num_threads(),
         "timing_note": "one run per point and prompt; wall times on a shared CPU vary with machine load",
     }
     out = Path(args.out)
@@ -354,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     qual.add_argument("--seed", type=int, default=0)
     qual.add_argument("--quick", action="store_true", help="four points instead of the full sweep")
     qual.add_argument("--config", help="base SparseAttentionConfig (JSON) the sweep points modify")
+    qual.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     qual.set_defaults(func=cmd_bench_quality)
     dlm = bench_sub.add_parser(
         "dlm", help="diffusion-LM generate time, dense vs sparse, at several context lengths", formatter_class=fmt
