@@ -30,7 +30,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     re-plans, break-even fallbacks, errors),
     `dense_steps`/`sparse_steps`/`dense_fallback_steps`/`total_steps` (last call), `density` (kept key blocks / all
     key blocks over sparse calls, mean over layers and heads), `effective_density` (the same over every call after
-    the dense warm-up, a re-plan or fallback counting as density 1: the share of attention work actually done),
+    the dense warm-up, a re-plan, fallback or `dense_layers` call counting as density 1: the share of attention work
+    actually done),
     `planned_density` (mean density of the built masks,
     also those that ran dense above the break-even), `kept_mass` (mean `exp(lse_sparse - lse_dense)`: the kept
     softmax mass estimated against the dense LSE cached at the build step; it can exceed 1 when the scores grew since
@@ -64,7 +65,9 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         if density is not None:
             weighted_density += density * n_sparse
             weight += n_sparse
-        n_dense_after = st.calls.get("fallback", 0) + sum(st.replans.values())  # ran the full attention
+        n_dense_after = (  # calls after the warm-up that ran the full attention
+            st.calls.get("fallback", 0) + sum(st.replans.values()) + st.dense_layer_calls_after_warmup
+        )
         n_after = n_sparse + n_dense_after
         effective = round(((density or 0.0) * n_sparse + n_dense_after) / n_after, 6) if n_after else None
         effective_sum += (density or 0.0) * n_sparse + n_dense_after

@@ -173,6 +173,7 @@ def test_fraction_dense_layers_refresh_and_identical_repeat_calls(pipes):
     assert layer["effective_density"] == pytest.approx(expected, abs=1e-5)
     assert layer["density"] < layer["effective_density"] < 1
     assert report["density"] < report["effective_density"] < 1
+    assert report["layers"]["blocks.0.attn1"]["effective_density"] == 1.0  # a dense layer counts as full work
 
 
 def test_accelerate_twice_reconfigures_instead_of_stacking(pipes):
