@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import functools
 import logging
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
