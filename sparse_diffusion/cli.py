@@ -61,10 +61,13 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _wan_frames(text: str) -> int:
     """argparse type: frames of the tiny Wan models, whose VAE needs 4k+1."""
-    value = _positive_int(text)
-    if (value - 1) % 4:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1 or (value - 1) % 4:
         raise argparse.ArgumentTypeError(
-            f"{value} frames: the Wan VAE needs 4k+1 frames (1, 5, 9, ..., 33); e.g. {(value - 1) // 4 * 4 + 1}"
+            f"{value} frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33), e.g. {max(1, (value - 1) // 4 * 4 + 1)}"
         )
     return value
 
