@@ -104,15 +104,67 @@ def _topk_commit(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor
     return commit
 
 
+def _check_prompt(prompt_ids) -> None:
+    if not isinstance(prompt_ids, torch.Tensor):
+        raise SparseDiffusionError(
+            f"prompt_ids must be a LongTensor [B, P], got a Python {type(prompt_ids).__name__}; use "
+            "torch.tensor([ids]) for one prompt."
+        )
+    if prompt_ids.dtype != torch.long:
+        raise SparseDiffusionError(
+            f"prompt_ids must be an int64 tensor [B, P], got dtype {prompt_ids.dtype}; use prompt_ids.long()."
+        )
+    if prompt_ids.dim() != 2:
+        hint = "; use ids[None] for one prompt" if prompt_ids.dim() == 1 else ""
+        raise SparseDiffusionError(
+            f"prompt_ids must be an int64 tensor [B, P], got shape {tuple(prompt_ids.shape)}{hint}."
+        )
+    if 0 in prompt_ids.shape:
+        raise SparseDiffusionError(
+            f"prompt_ids has shape {tuple(prompt_ids.shape)}; give at least one prompt of at least one token."
+        )
+
+
+def _vocab_size(model) -> int | None:
+    """The model's vocabulary size where discoverable: its input embedding, else `config.vocab_size`."""
+    get = getattr(model, "get_input_embeddings", None)
+    if callable(get):
+        try:
+            n = getattr(get(), "num_embeddings", None)
+        except (NotImplementedError, AttributeError):
+            n = None
+        if isinstance(n, int):
+            return n
+    config = getattr(model, "config", None)
+    n = config.get("vocab_size") if isinstance(config, dict) else getattr(config, "vocab_size", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _check_vocabulary(model, prompt_ids: torch.Tensor, mask_id: int) -> None:
+    """Token ids the embedding would reject (negative, or past the vocabulary) raise here, naming them."""
+    vocab = _vocab_size(model)
+    low, high = int(prompt_ids.min()), int(prompt_ids.max())
+    if low < 0:
+        raise SparseDiffusionError(f"prompt_ids hold a negative token id ({low}); token ids start at 0.")
+    if vocab is None:
+        return
+    if mask_id >= vocab:
+        raise SparseDiffusionError(
+            f"mask_id={mask_id} lies outside the model's vocabulary of {vocab} tokens (ids 0..{vocab - 1}); give the "
+            "model's own mask token id."
+        )
+    if high >= vocab:
+        raise SparseDiffusionError(
+            f"prompt_ids hold token id {high}, outside the model's vocabulary of {vocab} tokens (ids 0..{vocab - 1}); "
+            "tokenize with the model's tokenizer."
+        )
+
+
 def _check_args(model, prompt_ids, gen_length, steps, block_length, mask_id, remasking, temperature, cfg_scale,
                 alg_temp, eps):
     if not callable(model):
         raise SparseDiffusionError(f"model must be a callable returning an object with .logits, got {type(model).__name__}.")
-    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
-        raise SparseDiffusionError(
-            f"prompt_ids must be an int64 tensor [B, P], got {getattr(prompt_ids, 'dtype', type(prompt_ids).__name__)} "
-            f"of shape {tuple(getattr(prompt_ids, 'shape', ()))}; use ids[None] for one prompt."
-        )
+    _check_prompt(prompt_ids)
     gen_length = _positive_int("gen_length", gen_length)
     steps = _positive_int("steps", steps)
     block_length = gen_length if block_length is None else _positive_int("block_length", block_length)
@@ -131,6 +183,7 @@ def _check_args(model, prompt_ids, gen_length, steps, block_length, mask_id, rem
         raise SparseDiffusionError(
             f"prompt_ids contain mask_id={mask_id}; the prompt must not hold mask tokens (pad with another id)."
         )
+    _check_vocabulary(model, prompt_ids, mask_id)
     if remasking not in LLADA_REMASKING + DREAM_ALGORITHMS:
         raise SparseDiffusionError(
             f"remasking={remasking!r} is not known; choose LLaDA's {LLADA_REMASKING} or Dream's {DREAM_ALGORITHMS}."
@@ -194,8 +247,9 @@ def generate(
         where `history` is a list of `steps` canvases [B, P + gen_length], one after each step.
 
     Raises:
-        SparseDiffusionError: bad shapes, lengths not dividing into blocks and steps, mask tokens in the prompt,
-            unknown `remasking`, negative temperatures or scales.
+        SparseDiffusionError: bad shapes or dtype, an empty prompt, token ids or `mask_id` outside the model's
+            vocabulary (when it is discoverable: the input embedding or `config.vocab_size`), lengths not dividing
+            into blocks and steps, mask tokens in the prompt, unknown `remasking`, negative temperatures or scales.
     """
     gen_length, steps, block_length, mask_id, temperature, cfg_scale, alg_temp, eps = _check_args(
         model, prompt_ids, gen_length, steps, block_length, mask_id, remasking, temperature, cfg_scale, alg_temp, eps

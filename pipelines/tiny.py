@@ -808,5 +808,5 @@ def load_trained_tiny_wan_pipeline(*, dtype: torch.dtype = torch.float32):
             f"the trained tiny Wan model is missing at {TRAINED_WAN_DIR}; reinstall the package or retrain it with "
             "`python scripts/train_tiny_video.py --out pipelines/weights/tiny_wan_shapes`."
         )
-    pipe = WanPipeline.from_pretrained(str(TRAINED_WAN_DIR), torch_dtype=dtype, local_files_only=True)
+    pipe = WanPipeline.from_pretrained(str(TRAINED_WAN_DIR), dtype=dtype, local_files_only=True)
     return _mark(pipe, TRAINED_WAN_WEIGHTS)

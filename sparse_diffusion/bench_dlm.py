@@ -108,6 +108,19 @@ def _timed_generate(model, prompt, config, *, gen_length, steps, block_length, m
     return ids, wall, report, hooks
 
 
+def check_sizes(context_lengths: tuple[int, ...], gen_length: int, steps: int) -> None:
+    """Raise `SparseDiffusionError` naming what is wrong when `bench_dlm` cannot run these sizes."""
+    bad = [f"{name}={v} must be >= 1" for name, v in (("gen_length", gen_length), ("steps", steps)) if v < 1]
+    if bad:
+        raise SparseDiffusionError("; ".join(bad) + ".")
+    short = [n for n in context_lengths if n <= gen_length]
+    if short:
+        raise SparseDiffusionError(
+            f"context lengths {short} must exceed gen_length={gen_length} (the prompt is the rest); give longer "
+            "contexts or a smaller gen_length."
+        )
+
+
 def bench_dlm(
     context_lengths: tuple[int, ...] = (4096, 8192, 16384),
     *,
@@ -138,7 +151,8 @@ def bench_dlm(
     Returns:
         `{"setup": {...}, "rows": [{"context", "prompt", "dense_s", "sparse_s", "speedup", "dense_attention_s",
         "sparse_attention_s", "attention_share_dense", "attention_share_sparse", "attention_speedup", "density",
-        "dense_steps", "sparse_steps", "sparse_attention_by_phase_s"}...]}`.
+        "dense_steps", "sparse_steps", "sparse_attention_by_phase_s"}...]}`; `speedup`, `attention_speedup` and
+        `density` are None when no attention call ran sparse.
 
     Raises:
         SparseDiffusionError: bad sizes (context not above gen_length, heads not a multiple of kv_heads, ...).
@@ -146,11 +160,7 @@ def bench_dlm(
     from .pipelines.tiny_dlm import build_tiny_masked_lm
 
     kv_heads = kv_heads or heads
-    if any(n <= gen_length for n in context_lengths) or gen_length < 1 or steps < 1:
-        raise SparseDiffusionError(
-            f"every context length {list(context_lengths)} must exceed gen_length={gen_length} (the prompt is the "
-            "rest), and steps must be >= 1."
-        )
+    check_sizes(context_lengths, gen_length, steps)
     if not 0 < density <= 1:
         raise SparseDiffusionError(f"density={density} must lie in (0, 1].")
     dev = torch.device(device)
@@ -179,13 +189,16 @@ def bench_dlm(
         _, sparse_s, sparse_report, hooks = _timed_generate(model, prompt, sparse_config, **call)
         dense_att = sum(dense_report["attention_time_s"].values())
         sparse_att = sum(sparse_report["attention_time_s"].values())
+        # no sparse attention call (warm-up covers every step, or too few key blocks): both runs were dense
+        ran_sparse = sparse_report["density"] is not None
         rows.append({
             "context": n, "prompt": n - gen_length,
-            "dense_s": round(dense_s, 4), "sparse_s": round(sparse_s, 4), "speedup": round(dense_s / sparse_s, 3),
+            "dense_s": round(dense_s, 4), "sparse_s": round(sparse_s, 4),
+            "speedup": round(dense_s / sparse_s, 3) if ran_sparse else None,
             "dense_attention_s": round(dense_att, 4), "sparse_attention_s": round(sparse_att, 4),
             "attention_share_dense": round(dense_att / dense_s, 3),
             "attention_share_sparse": round(sparse_att / sparse_s, 3),
-            "attention_speedup": round(dense_att / sparse_att, 3) if sparse_att else None,
+            "attention_speedup": round(dense_att / sparse_att, 3) if sparse_att and ran_sparse else None,
             "density": sparse_report["density"], "dense_steps": sparse_report["dense_steps"],
             "sparse_steps": sparse_report["sparse_steps"],
             "sparse_attention_by_phase_s": sparse_report["attention_time_s"],
@@ -216,13 +229,22 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         attn = f"{r['dense_attention_s']:.2f}->{r['sparse_attention_s']:.2f}"
         share = f"{r['attention_share_dense']:.2f}/{r['attention_share_sparse']:.2f}"
-        speed = f"{r['attention_speedup']:.2f}x" if r["attention_speedup"] else "n/a"
-        density = "n/a" if r["density"] is None else f"{r['density']:.3f}"
+        if r["density"] is None:
+            e2e, speed, density = "no sparse step", "-", "-"
+        else:
+            e2e = f"{r['speedup']:.2f}x"
+            speed = f"{r['attention_speedup']:.2f}x" if r["attention_speedup"] else "n/a"
+            density = f"{r['density']:.3f}"
         lines.append(
-            f"{r['context']:8d} {r['dense_s']:9.2f} {r['sparse_s']:9.2f} {r['speedup']:5.2f}x {share:>11s} "
+            f"{r['context']:8d} {r['dense_s']:9.2f} {r['sparse_s']:9.2f} {e2e:>6s} {share:>11s} "
             f"{attn:>15s} {speed:>6s} {density:>8s} {r['dense_steps']:>4d}/{r['sparse_steps']:<4d}"
         )
     lines.append("attn share: attention time / wall time (dense/sparse run); e2e and attn: dense time / sparse time")
+    if any(r["density"] is None for r in result["rows"]):
+        lines.append(
+            "no sparse step: no attention call ran sparse (the dense warm-up covers every step, or the context holds "
+            "fewer than two key blocks), so both runs were dense and no speed-up is given"
+        )
     return "\n".join(lines)
 
 
@@ -248,9 +270,10 @@ def accuracy_sweep(
 ) -> dict:
     """Retrieval accuracy of the project-trained tiny DLM (`tiny_dlm.load_trained_tiny_dlm`), dense and accelerated,
     on `count` held-out prompts (`dlm_retrieval.held_out_set`) per context length: answers sampled with
-    `dlm.generate` (4 tokens, 4 steps, one forward per step), dense and with every point of `points` (config
-    overrides on `base`, or with `base=None` on the dlm adapter's defaults; `"dense_steps": "sparsed"` means
-    SparseD's `int(steps * 0.2) + 2`).
+    `dlm.generate` (4 tokens, 4 steps, one forward per step), dense and with every point of `points` (label ->
+    config overrides on `base`, or with `base=None` on the dlm adapter's defaults; `"dense_steps": "sparsed"` means
+    SparseD's `int(steps * 0.2) + 2`). Default points: `ACCURACY_POINTS` without `base`; with `base`, only dense and
+    `base` itself (label "base config"), since the fixed labels describe overrides of the adapter's defaults.
 
     Returns:
         `{"setup": {...}, "rows": [{"context", "label", "accuracy", "same_as_dense", "density", "effective_density",
@@ -263,7 +286,8 @@ def accuracy_sweep(
     from .pipelines.tiny_dlm import load_trained_tiny_dlm
 
     model = load_trained_tiny_dlm() if model is None else model
-    points = ACCURACY_POINTS if points is None else points
+    if points is None:
+        points = ACCURACY_POINTS if base is None else {"dense": None, "base config": {}}
     steps = task.NUM_QUERIES * task.VALUE_LEN  # one answer token per step
     rows = []
     for n in context_lengths:
@@ -325,6 +349,6 @@ def format_accuracy_table(result: dict) -> str:
 
 
 __all__ = [
-    "ACCURACY_POINTS", "accuracy_sweep", "attach", "bench_dlm", "format_accuracy_row", "format_accuracy_table",
-    "format_table",
+    "ACCURACY_POINTS", "accuracy_sweep", "attach", "bench_dlm", "check_sizes", "format_accuracy_row",
+    "format_accuracy_table", "format_table",
 ]

@@ -17,6 +17,7 @@ from .errors import SparseDiffusionError
 DEMO_PROMPT = "a red circle moving left"
 # Chosen from the quality curve of the trained model (docs/quality_curve.json): the best PSNR at density <= 0.5.
 DEMO_CONFIG = {"policy": "topk", "topk_ratio": 0.2, "cache_complement": True}
+DEMO_LOCALITY = 3.0  # --weights random: locality prior of the random attention
 
 
 def _load_config(text: str | None, default: dict | None = None) -> SparseAttentionConfig:
@@ -24,6 +25,9 @@ def _load_config(text: str | None, default: dict | None = None) -> SparseAttenti
     if not text:
         return SparseAttentionConfig(**(default or {}))
     path = Path(text)
+    looks_like_path = not text.lstrip().startswith(("{", "[")) and (text.endswith(".json") or "/" in text or os.sep in text)
+    if looks_like_path and not path.is_file():
+        raise SparseDiffusionError(f"--config file {text!r} was not found; give an existing JSON file or inline JSON.")
     try:
         data = json.loads(path.read_text() if path.is_file() else text)
     except json.JSONDecodeError as exc:
@@ -33,6 +37,101 @@ def _load_config(text: str | None, default: dict | None = None) -> SparseAttenti
     return SparseAttentionConfig.from_dict(data)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer (>= 1)")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive ints, e.g. "1024,2048"."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no number; give comma-separated positive integers")
+    try:
+        return tuple(_positive_int(x) for x in items)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"in {text!r}: {exc}") from None
+
+
+def _wan_frames(text: str) -> int:
+    """argparse type: frames of the tiny Wan models, whose VAE needs 4k+1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1 or (value - 1) % 4:
+        raise argparse.ArgumentTypeError(
+            f"{value} frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33), e.g. {max(1, (value - 1) // 4 * 4 + 1)}"
+        )
+    return value
+
+
+def _wan_pixels(text: str) -> int:
+    """argparse type: a height or width of the tiny Wan models (VAE x8, patch x2)."""
+    value = _positive_int(text)
+    if value % 16:
+        raise argparse.ArgumentTypeError(f"{value} pixels must be a multiple of 16 for the Wan model, e.g. {max(16, value // 16 * 16)}")
+    return value
+
+
+def _config_field(name: str, parse=float):
+    """argparse type: one SparseAttentionConfig field, parsed with `parse` and validated by the config itself."""
+
+    def check(text: str):
+        try:
+            value = parse(text)
+            SparseAttentionConfig(**{name: value})
+        except ValueError as exc:  # SparseDiffusionError included
+            raise argparse.ArgumentTypeError(
+                str(exc) if isinstance(exc, SparseDiffusionError) else f"{text!r} is not a number"
+            ) from None
+        return value
+
+    check.__name__ = name
+    return check
+
+
+def _steps_or_fraction(text: str) -> int | float:
+    return float(text) if "." in text else int(text)
+
+
+def _device(text: str) -> str:
+    """argparse type: a torch device this torch build can use."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: CUDA is not available here (torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+            "use --device cpu"
+        )
+    return text
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help, unless X is None/False/SUPPRESS, the option is a flag, or the
+    help already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None or default is False or default == argparse.SUPPRESS or action.nargs == 0
+            or not action.option_strings or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _fmt_db(x: float) -> str:
     return "inf (identical)" if x == float("inf") else f"{x:.2f} dB"
 
@@ -40,10 +139,13 @@ def _fmt_db(x: float) -> str:
 def _print_paired(report: dict, out: Path) -> None:
     q, sparse = report["quality"], report["sparse_report"]
     print(f"model: {report['model']} (weights: {report['weights']})")
+    reasons = _dense_reasons(sparse)
     print(
         f"steps: {report['dense_steps']} dense warm-up + {report['sparse_steps']} sparse"
-        + (f" + {sparse['dense_fallback_steps']} ran dense (see report.json fallbacks)" if sparse["dense_fallback_steps"] else "")
+        + (f" + {sparse['dense_fallback_steps']} ran dense" if sparse["dense_fallback_steps"] else "")
     )
+    if reasons:
+        print(f"attention calls run dense after the warm-up: {reasons}")
     print(f"quality vs dense: PSNR {_fmt_db(q['mean_psnr'])}, SSIM {q['mean_ssim']:.4f} (float frames, before encoding)")
     density, planned = report["density"], sparse["planned_density"]
     if density is not None:
@@ -51,8 +153,7 @@ def _print_paired(report: dict, out: Path) -> None:
         print(f"attention density {density:.3f} over sparse calls, {effective:.3f} over all calls after the dense "
               "warm-up (re-plans and fallbacks count as 1)")
     else:
-        reasons = sorted({f["reason"] for f in sparse["fallbacks"]})
-        print(f"attention density n/a: no sparse call (planned density {planned}; {'; '.join(reasons) or 'no plan'})")
+        print(f"attention density n/a: no sparse call (planned density {planned}; {reasons or 'no plan'})")
     ratio = f"{report['end_to_end_speedup']:.2f}x" if report["sparse_steps"] else "no step ran sparse"
     print(
         f"wall time: dense {report['wall_time_s']['dense']:.2f} s, sparse {report['wall_time_s']['sparse']:.2f} s "
@@ -62,16 +163,48 @@ def _print_paired(report: dict, out: Path) -> None:
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
+def _dense_reasons(sparse: dict) -> str:
+    """Re-plans and fallbacks of a sparse report as "N x reason" (attention calls, all layers), "" when none."""
+    from collections import Counter
+
+    fallbacks = Counter()
+    for item in sparse["fallbacks"]:
+        fallbacks[item["reason"]] += item["count"]
+    parts = [f"{n} re-planned ({reason})" for reason, n in sorted(sparse["replans"].items())]
+    parts += [f"{n} fell back ({reason})" for reason, n in sorted(fallbacks.items())]
+    return "; ".join(parts)
+
+
 def _write_json(path: str | None, result: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2))
 
 
-def _prepare_cpu_kernel() -> None:
+def _cpu_kernel_cached() -> bool:
+    """Whether the native CPU kernel is loaded or built already (no compile). Mirrors the build folder name of
+    `cpu_kernel._module` (torch's cpp_extension folder, one per source digest)."""
+    import hashlib
+
     from . import cpu_kernel
 
-    print("preparing the native CPU kernel (compiled on first use, about 30 s; cached afterwards)", flush=True)
+    if cpu_kernel._module.cache_info().currsize:
+        return True
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        name = f"sparse_diffusion_cpu_kernel_{hashlib.sha1(cpu_kernel._SOURCE.encode()).hexdigest()[:12]}"
+        return (Path(_get_build_directory(name, False)) / f"{name}.so").is_file()
+    except Exception:  # a private torch helper: when it moves, say the build may take a while
+        return False
+
+
+def _prepare_cpu_kernel() -> None:
+    """Load (or build) the native CPU kernel; call after the arguments are validated."""
+    from . import cpu_kernel
+
+    if not _cpu_kernel_cached():
+        print("preparing the native CPU kernel (compiled on first use, about 30 s; cached afterwards)", flush=True)
     error = cpu_kernel.build_error()
     if error:
         print(f"note: {error}; the gather backend serves instead", flush=True)
@@ -81,6 +214,8 @@ def cmd_demo(args) -> int:
     from .runs import call_kwargs, paired_run
 
     # before the (slow) load, so a bad --config fails at once; the trained model uses the quality curve's choice
+    if args.weights == "trained" and args.locality is not None:
+        raise SparseDiffusionError("--locality shapes the random weights only; drop it or add --weights random.")
     config = _load_config(args.config, DEMO_CONFIG if args.weights == "trained" else None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _prepare_cpu_kernel()
@@ -98,15 +233,16 @@ def cmd_demo(args) -> int:
     else:
         from .pipelines.tiny import build_tiny_wan_pipeline
 
-        pipe = build_tiny_wan_pipeline(num_heads=4, seed=args.seed, locality=args.locality or None)
+        locality = DEMO_LOCALITY if args.locality is None else args.locality
+        pipe = build_tiny_wan_pipeline(num_heads=4, seed=args.seed, locality=locality or None)
         size, guidance = 384, 5.0
         extra = {
             "demo": "tiny Wan 2.1-style pipeline (WanPipeline, 2 layers, 4 heads, head_dim 64) built offline",
             "weights_note": "random weights"
             + (
-                f" with a locality prior (shared q/k bias, q/k norm x{args.locality}) so that attention concentrates "
+                f" with a locality prior (shared q/k bias, q/k norm x{locality}) so that attention concentrates "
                 "on space-time neighbours as in trained video models"
-                if args.locality
+                if locality
                 else ": attention is close to uniform, so masks keep most blocks"
             )
             + "; quality and speed-up are not those of a trained model",
@@ -178,7 +314,9 @@ def cmd_bench_attention(args) -> int:
     from .benchmark import bench_attention, format_table
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    block = tuple(int(x) for x in args.block_size.split(","))
+    block = args.block_size
+    if len(block) > 2:
+        raise SparseDiffusionError(f"--block-size {','.join(map(str, block))} must be BLOCK or BLOCK_Q,BLOCK_K.")
     result = bench_attention(
         seq_len=args.seq_len, heads=args.heads, head_dim=args.head_dim, density=args.density, dtype=dtype,
         kv_heads=args.kv_heads, batch=args.batch, block_size=block if len(block) == 2 else block * 2,
@@ -199,8 +337,8 @@ def cmd_bench_quality(args) -> int:
     from .runs import call_kwargs
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _prepare_cpu_kernel()
     base = _load_config(args.config)
+    _prepare_cpu_kernel()
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = load_trained_tiny_wan_pipeline()
@@ -235,18 +373,18 @@ def cmd_bench_quality(args) -> int:
 def cmd_bench_dlm(args) -> int:
     import torch
 
-    from .bench_dlm import bench_dlm, format_table
+    from .bench_dlm import bench_dlm, check_sizes, format_table
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    check_sizes(args.context, args.gen_length, args.steps)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cpu" and args.backend in ("auto", "cpu"):
         _prepare_cpu_kernel()
-    contexts = tuple(int(x) for x in args.context.split(",") if x.strip())
     result = bench_dlm(
-        contexts, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, layers=args.layers,
+        args.context, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, layers=args.layers,
         gen_length=args.gen_length, steps=args.steps, block_length=args.block_length, density=args.density,
-        dense_steps=float(args.dense_steps) if "." in args.dense_steps else int(args.dense_steps),
+        dense_steps=args.dense_steps,
         block_size=args.block_size, backend=args.backend, dtype=dtype, device=args.device,
         warmup={"auto": None, "on": True, "off": False}[args.warmup], seed=args.seed,
     )
@@ -265,8 +403,10 @@ def cmd_bench_dlm_accuracy(args) -> int:
         torch.set_num_threads(args.threads)
     _prepare_cpu_kernel()
     print(ACCURACY_HEADER, flush=True)
-    result = accuracy_sweep(tuple(int(x) for x in args.context.split(",") if x.strip()), count=args.count,
-                            base=base, on_row=lambda row: print(format_accuracy_row(row), flush=True))
+    # --config: dense and that config only (the fixed points are overrides of the adapter's defaults)
+    points = {"dense": None, "--config": {}} if base is not None else None
+    result = accuracy_sweep(args.context, count=args.count, points=points, base=base,
+                            on_row=lambda row: print(format_accuracy_row(row), flush=True))
     print(ACCURACY_NOTE)
     _write_json(args.json, result)
     return 0
@@ -275,28 +415,31 @@ def cmd_bench_dlm_accuracy(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(prog="sparse-diffusion", description=__doc__, formatter_class=fmt)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"sparse-diffusion {__version__}")
+    parser.add_argument("--version", action="version", version=f"sparse-diffusion {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
+    dtypes = ["float32", "bfloat16", "float16"]
 
     demo = sub.add_parser("demo", help="dense vs sparse run of a small offline Wan-style video pipeline", formatter_class=fmt)
-    demo.add_argument("--out", default="sparse-diffusion-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--prompt", default=DEMO_PROMPT)
-    demo.add_argument("--steps", type=int, default=20)
-    demo.add_argument("--frames", type=int, default=33)
-    demo.add_argument("--height", type=int, help="pixels (default: 128 trained, 384 random)")
-    demo.add_argument("--width", type=int, help="pixels (default: 128 trained, 384 random)")
+    demo.add_argument("--out", default="sparse-diffusion-demo", help="output folder")
+    demo.add_argument("--prompt", default=DEMO_PROMPT, help="text prompt")
+    demo.add_argument("--steps", type=_positive_int, default=20, help="denoising steps")
+    demo.add_argument("--frames", type=_wan_frames, default=33, help="video frames, 4k+1 (Wan VAE)")
+    demo.add_argument("--height", type=_wan_pixels, help="pixels, a multiple of 16 (default: 128 trained, 384 random)")
+    demo.add_argument("--width", type=_wan_pixels, help="pixels, a multiple of 16 (default: 128 trained, 384 random)")
     demo.add_argument(
         "--weights", choices=["trained", "random"], default="trained",
         help="the project-trained tiny Wan model, or random weights with a locality prior",
     )
     demo.add_argument(
-        "--locality", type=float, default=3.0,
-        help="with --weights random: locality prior of the random attention (0 = plain random weights)",
+        "--locality", type=float,
+        help=f"with --weights random only: locality prior of the random attention (0 = plain random weights; "
+        f"default: {DEMO_LOCALITY})",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="random seed of both runs")
     demo.add_argument(
         "--config",
         help="SparseAttentionConfig as a JSON file or inline JSON (default with --weights trained: "
@@ -306,92 +449,99 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run a local diffusers checkpoint folder, sparse and/or dense", formatter_class=fmt)
     gen.add_argument("--model", required=True, help="local diffusers pipeline folder (save_pretrained layout)")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--frames", type=int, help="frames (video pipelines; default: the pipeline's own)")
-    gen.add_argument("--height", type=int, help="pixels (default: the pipeline's own)")
-    gen.add_argument("--width", type=int, help="pixels (default: the pipeline's own)")
-    gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--prompt", required=True, help="text prompt")
+    gen.add_argument("--frames", type=_positive_int, help="frames (video pipelines; default: the pipeline's own)")
+    gen.add_argument("--height", type=_positive_int, help="pixels (default: the pipeline's own)")
+    gen.add_argument("--width", type=_positive_int, help="pixels (default: the pipeline's own)")
+    gen.add_argument("--steps", type=_positive_int, default=30, help="denoising steps")
+    gen.add_argument("--seed", type=int, default=0, help="random seed")
+    gen.add_argument("--device", type=_device, default="cpu", help="torch device")
     mode = gen.add_mutually_exclusive_group()
     mode.add_argument("--sparse", dest="mode", action="store_const", const="sparse", help="accelerated run (default)")
     mode.add_argument("--dense", dest="mode", action="store_const", const="dense", help="untouched dense run")
     mode.add_argument("--both", dest="mode", action="store_const", const="both", help="dense + sparse + metrics")
     gen.set_defaults(mode="sparse")
-    gen.add_argument("--config", help="SparseAttentionConfig as a JSON file or inline JSON")
-    gen.add_argument("--out", default="sparse-diffusion-out")
+    gen.add_argument("--config", help="SparseAttentionConfig as a JSON file or inline JSON (default: the library "
+                     "defaults)")
+    gen.add_argument("--out", default="sparse-diffusion-out", help="output folder")
     gen.set_defaults(func=cmd_generate)
 
     cmp_ = sub.add_parser("compare", help="PSNR/SSIM between two videos, images or image folders", formatter_class=fmt)
-    cmp_.add_argument("a")
-    cmp_.add_argument("b")
+    cmp_.add_argument("a", help="first video, image or image folder")
+    cmp_.add_argument("b", help="second video, image or image folder (same frame count and size)")
     cmp_.add_argument("--json", help="also write the numbers to this JSON file")
     cmp_.set_defaults(func=cmd_compare)
 
-    bench = sub.add_parser("bench", help="benchmarks")
+    bench = sub.add_parser("bench", help="benchmarks", formatter_class=fmt)
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     att = bench_sub.add_parser("attention", help="sparse backends vs dense SDPA on one input, in one run", formatter_class=fmt)
-    att.add_argument("--seq-len", type=int, default=16384)
-    att.add_argument("--heads", type=int, default=8)
-    att.add_argument("--kv-heads", type=int)
-    att.add_argument("--head-dim", type=int, default=64)
-    att.add_argument("--batch", type=int, default=1)
-    att.add_argument("--density", type=float, default=0.2)
-    att.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    att.add_argument("--block-size", default="128", help="BLOCK or BLOCK_Q,BLOCK_K tokens (default: %(default)s)")
+    att.add_argument("--seq-len", type=_positive_int, default=16384, help="tokens (queries = keys)")
+    att.add_argument("--heads", type=_positive_int, default=8, help="query heads")
+    att.add_argument("--kv-heads", type=_positive_int, help="key/value heads (GQA; default: --heads)")
+    att.add_argument("--head-dim", type=_positive_int, default=64, help="head dimension")
+    att.add_argument("--batch", type=_positive_int, default=1, help="batch size")
+    att.add_argument("--density", type=_config_field("topk_ratio"), default=0.2, help="share of key blocks kept")
+    att.add_argument("--dtype", choices=dtypes, default="float32", help="input dtype")
+    att.add_argument("--block-size", type=_int_list, default=(128,), help="BLOCK or BLOCK_Q,BLOCK_K tokens (default: 128)")
     att.add_argument(
         "--backends", default="dense,cpu,flex,gather",
         help="comma list of dense,flash_attn,build,triton,cpu,flex,gather,reference",
     )
-    att.add_argument("--repeats", type=int, default=3)
-    att.add_argument("--device", default="cpu")
+    att.add_argument("--repeats", type=_positive_int, default=3, help="timed runs per backend (median reported)")
+    att.add_argument("--device", type=_device, default="cpu", help="torch device")
     att.add_argument("--json", help="write {setup, results} to this JSON file")
     att.set_defaults(func=cmd_bench_attention)
     qual = bench_sub.add_parser(
         "quality", help="PSNR/SSIM vs density, warm-up and levers on the trained tiny Wan model", formatter_class=fmt
     )
-    qual.add_argument("--out", default="quality-curve")
+    qual.add_argument("--out", default="quality-curve", help="output folder")
     qual.add_argument("--prompt", action="append", help="prompt (repeatable; default: fixed prompts of the model)")
-    qual.add_argument("--num-prompts", type=int, default=2)
-    qual.add_argument("--steps", type=int, default=20)
-    qual.add_argument("--size", type=int, default=128)
-    qual.add_argument("--frames", type=int, default=33)
-    qual.add_argument("--seed", type=int, default=0)
+    qual.add_argument("--num-prompts", type=_positive_int, default=2, help="fixed prompts used without --prompt")
+    qual.add_argument("--steps", type=_positive_int, default=20, help="denoising steps")
+    qual.add_argument("--size", type=_wan_pixels, default=128, help="height and width in pixels, a multiple of 16")
+    qual.add_argument("--frames", type=_wan_frames, default=33, help="video frames, 4k+1 (Wan VAE)")
+    qual.add_argument("--seed", type=int, default=0, help="seed of the first prompt (+1 per prompt)")
     qual.add_argument("--quick", action="store_true", help="four points instead of the full sweep")
-    qual.add_argument("--config", help="base SparseAttentionConfig (JSON) the sweep points modify")
-    qual.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    qual.add_argument("--config", help="base SparseAttentionConfig (JSON) the sweep points modify (default: the "
+                      "library defaults)")
+    qual.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
     qual.set_defaults(func=cmd_bench_quality)
     dlm = bench_sub.add_parser(
         "dlm", help="diffusion-LM generate time, dense vs sparse, at several context lengths", formatter_class=fmt
     )
-    dlm.add_argument("--context", default="4096,8192,16384", help="comma list of canvas lengths (prompt + generated)")
-    dlm.add_argument("--heads", type=int, default=4)
-    dlm.add_argument("--kv-heads", type=int)
-    dlm.add_argument("--head-dim", type=int, default=64)
-    dlm.add_argument("--layers", type=int, default=2)
-    dlm.add_argument("--gen-length", type=int, default=32)
-    dlm.add_argument("--steps", type=int, default=8)
-    dlm.add_argument("--block-length", type=int, help="semi-autoregressive block (default: gen length)")
-    dlm.add_argument("--density", type=float, default=0.2, help="top-k ratio of the sparse run (fixed, synthetic)")
-    dlm.add_argument("--dense-steps", default="0.25", help="dense warm-up: int steps or a fraction")
-    dlm.add_argument("--block-size", type=int, default=128)
-    dlm.add_argument("--backend", default="auto")
-    dlm.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    dlm.add_argument("--device", default="cpu")
-    dlm.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    dlm.add_argument("--context", type=_int_list, default=(4096, 8192, 16384),
+                     help="comma list of canvas lengths (prompt + generated) (default: 4096,8192,16384)")
+    dlm.add_argument("--heads", type=_positive_int, default=4, help="query heads")
+    dlm.add_argument("--kv-heads", type=_positive_int, help="key/value heads (GQA; default: --heads)")
+    dlm.add_argument("--head-dim", type=_positive_int, default=64, help="head dimension")
+    dlm.add_argument("--layers", type=_positive_int, default=2, help="transformer layers")
+    dlm.add_argument("--gen-length", type=_positive_int, default=32, help="generated tokens")
+    dlm.add_argument("--steps", type=_positive_int, default=8, help="sampler steps (one forward each)")
+    dlm.add_argument("--block-length", type=_positive_int, help="semi-autoregressive block (default: gen length)")
+    dlm.add_argument("--density", type=_config_field("topk_ratio"), default=0.2,
+                     help="top-k ratio of the sparse run (fixed, synthetic)")
+    dlm.add_argument("--dense-steps", type=_config_field("dense_steps", _steps_or_fraction), default=0.25,
+                     help="dense warm-up: int steps or a fraction")
+    dlm.add_argument("--block-size", type=_config_field("block_size", int), default=128,
+                     help="square mask tile in tokens, a multiple of 16")
+    dlm.add_argument("--backend", default="auto", help="sparse backend (auto, triton, cpu, flex, gather, reference)")
+    dlm.add_argument("--dtype", choices=dtypes, default="float32", help="model dtype")
+    dlm.add_argument("--device", type=_device, default="cpu", help="torch device")
+    dlm.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
     dlm.add_argument("--warmup", choices=["auto", "on", "off"], default="auto", help="untimed run first (auto: CUDA)")
-    dlm.add_argument("--seed", type=int, default=0)
+    dlm.add_argument("--seed", type=int, default=0, help="seed of the model and prompts")
     dlm.add_argument("--json", help="write {setup, rows} to this JSON file")
     dlm.set_defaults(func=cmd_bench_dlm)
     dacc = bench_sub.add_parser(
         "dlm-accuracy", formatter_class=fmt,
         help="retrieval accuracy of the trained tiny DLM, dense vs sparse at several densities",
     )
-    dacc.add_argument("--context", default="1024,2048,4096", help="comma list of prompt lengths")
-    dacc.add_argument("--count", type=int, default=64, help="held-out prompts per length (4 answer tokens each)")
-    dacc.add_argument("--config", help="base SparseAttentionConfig (JSON) the points modify (default: the dlm "
-                      "adapter's defaults)")
-    dacc.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    dacc.add_argument("--context", type=_int_list, default=(1024, 2048, 4096),
+                      help="comma list of prompt lengths (default: 1024,2048,4096)")
+    dacc.add_argument("--count", type=_positive_int, default=64, help="held-out prompts per length (4 answer tokens each)")
+    dacc.add_argument("--config", help="SparseAttentionConfig (JSON file or inline JSON): compare dense with this "
+                      "config only, instead of the fixed sweep of the dlm adapter's defaults (default: the fixed sweep)")
+    dacc.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's)")
     dacc.add_argument("--json", help="write {setup, rows} to this JSON file")
     dacc.set_defaults(func=cmd_bench_dlm_accuracy)
     return parser

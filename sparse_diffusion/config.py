@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -11,6 +13,8 @@ from typing import Any
 from .block_mask import normalize_block_size
 from .errors import SparseDiffusionError
 
+
+logger = logging.getLogger(__name__)
 
 POLICIES = ("mass", "topk")
 BACKENDS = ("auto", "triton", "cpu", "flex", "gather", "reference")
@@ -47,7 +51,7 @@ class SparseAttentionConfig:
             `min_kv_blocks` / `max_density` do not apply. The prompt length comes from `begin_call` (unknown: all
             keys count as generated). Softmax scale: the call's (1/sqrt(head_dim) by default).
         min_kv_blocks (`int`, defaults to `1`):
-            Floor on key blocks chosen per query block (before the always-kept diagonal and text blocks).
+            Floor on key blocks chosen per query block (before the always-kept diagonal and text blocks), >= 1.
         max_density (`float`, defaults to `1.0`):
             Ceiling on the share of key blocks chosen per query block, in (0, 1]; forced blocks (diagonal, text
             tokens) are kept on top of it.
@@ -69,7 +73,8 @@ class SparseAttentionConfig:
         token_tile (`tuple[int, int, int]` or `None`, defaults to `None`):
             Reorder video tokens into space-time tiles of (frames, rows, columns) latent tokens before the build and
             sparse steps, so a mask block is a compact 3-D neighbourhood (adapters with a video grid: Wan). Choose a
-            tile volume equal to `BLOCK_Q`, e.g. `(2, 8, 8)` for 128. `None` keeps raster order.
+            tile volume equal to `BLOCK_Q`, e.g. `(2, 8, 8)` for 128 (other volumes stay exact but log a warning:
+            blocks then straddle tiles). `None` keeps raster order.
         cache_complement (`bool`, defaults to `False`):
             Complement caching: at the build step also keep, per layer, the dense attention output of the dropped key
             blocks (in units of the dense row LSE) and their softmax mass; each sparse step merges that cached part
@@ -136,8 +141,11 @@ class SparseAttentionConfig:
                 raise SparseDiffusionError(f"{name}={v!r} must be a number in (0, 1].")
             setattr(self, name, float(v))
         mk = self.min_kv_blocks
-        if isinstance(mk, bool) or not isinstance(mk, numbers.Integral) or mk < 0:
-            raise SparseDiffusionError(f"min_kv_blocks={mk!r} must be an int >= 0.")
+        # every policy keeps at least one block per query block, so 0 would be the same as 1
+        if isinstance(mk, bool) or not isinstance(mk, numbers.Integral) or mk < 1:
+            raise SparseDiffusionError(
+                f"min_kv_blocks={mk!r} must be an int >= 1 (every policy keeps at least one key block; 1 = no floor)."
+            )
         self.min_kv_blocks = int(mk)
         rt = self.refresh_threshold
         if isinstance(rt, bool) or not isinstance(rt, numbers.Real) or not (0.0 <= float(rt) <= 1.0):
@@ -162,15 +170,20 @@ class SparseAttentionConfig:
                     f"token_tile={tile!r} must be three positive ints (frames, rows, columns), e.g. (2, 8, 8), or None."
                 )
             self.token_tile = tuple(int(t) for t in tile)
+            _warn_tile_volume(self.token_tile, self.block_size[0])
         for name in ("cache_complement", "keep_text_tokens", "keep_generated_tokens", "collect_timings",
                      "sparsed_selection"):
             if not isinstance(getattr(self, name), bool):
                 raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
-        if self.sparsed_selection and (self.policy != "topk" or self.max_density < 1.0):
-            raise SparseDiffusionError(
-                f"sparsed_selection=True is SparseD's top-k rule: it needs policy='topk' (got {self.policy!r}) and "
-                f"max_density=1.0 (got {self.max_density}); set policy='topk' or sparsed_selection=False."
-            )
+        if self.sparsed_selection:
+            failing = [(f"policy='topk' (got {self.policy!r})", "policy='topk'")] if self.policy != "topk" else []
+            if self.max_density < 1.0:
+                failing.append((f"max_density=1.0 (got {self.max_density})", "max_density=1.0"))
+            if failing:
+                raise SparseDiffusionError(
+                    f"sparsed_selection=True is SparseD's top-k rule: it needs {' and '.join(f for f, _ in failing)}; "
+                    f"set {' and '.join(fix for _, fix in failing)}, or sparsed_selection=False."
+                )
         if isinstance(self.dense_layers, (str, int)):
             self.dense_layers = (self.dense_layers,)
         if not isinstance(self.dense_layers, (tuple, list)):
@@ -231,3 +244,16 @@ class SparseAttentionConfig:
         merged = self.to_dict()
         merged.update(overrides)
         return SparseAttentionConfig.from_dict(merged)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_tile_volume(tile: tuple[int, int, int], block_q: int) -> None:
+    """Warn once per (tile, BLOCK_Q): any tile is exact (a token permutation), but only a volume equal to BLOCK_Q
+    makes every mask block one compact space-time tile."""
+    volume = tile[0] * tile[1] * tile[2]
+    if volume != block_q:
+        logger.warning(
+            "token_tile=%s has volume %d but block_size[0] (BLOCK_Q) is %d: attention stays exact, but mask blocks "
+            "are not single space-time tiles; choose a tile of volume %d, e.g. (2, 8, 8) for 128.",
+            tile, volume, block_q, block_q,
+        )

@@ -116,3 +116,126 @@ def test_bench_rejects_unknown_backend():
     with pytest.raises(SystemExit):
         main(["bench", "attention", "--dtype", "float64"])
     assert main(["bench", "attention", "--seq-len", "128", "--backends", "dense,cuda"]) == 2
+
+
+def _all_parsers(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_option_of_every_command_has_help_and_one_default():
+    from sparse_diffusion.cli import build_parser
+
+    parsers = list(_all_parsers(build_parser()))
+    assert {p.prog.split(" ", 1)[-1] for p in parsers} >= {
+        "demo", "generate", "compare", "bench attention", "bench quality", "bench dlm", "bench dlm-accuracy"}
+    for p in parsers:
+        formatter = p._get_formatter()
+        for action in p._actions:
+            name = f"{p.prog} {action.option_strings or action.dest}"
+            if action.option_strings or action.dest not in ("command", "bench_command"):
+                assert action.help, f"{name} has no help"
+            assert not action.help or formatter._expand_help(action).count("(default") <= 1, name
+        text = p.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, p.prog
+    flat = " ".join(build_parser()._subparsers._group_actions[0].choices["generate"].format_help().split())
+    assert "untouched dense run (default" not in flat and "accelerated run (default)" in flat
+    assert "(default: torch's) (default" not in flat
+    dlm = " ".join(_all_parsers_by_prog()["bench dlm"].format_help().split())
+    assert "(default: 4096,8192,16384)" in dlm and "--threads THREADS torch threads (default: torch's) --warmup" in dlm
+
+
+def _all_parsers_by_prog():
+    from sparse_diffusion.cli import build_parser
+
+    return {p.prog.split(" ", 1)[-1]: p for p in _all_parsers(build_parser())}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "dlm", "--context", "1024,abc"], "argument --context: in '1024,abc': 'abc' is not an integer"),
+    (["bench", "attention", "--block-size", "128,abc"], "argument --block-size: in '128,abc': 'abc' is not an integer"),
+    (["bench", "dlm-accuracy", "--count", "0"], "argument --count: 0 must be a positive integer"),
+    (["bench", "dlm-accuracy", "--count", "-1"], "argument --count: -1 must be a positive integer"),
+    (["bench", "dlm-accuracy", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
+    (["bench", "dlm", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
+    (["demo", "--steps", "0"], "argument --steps: 0 must be a positive integer"),
+    (["demo", "--steps", "-3"], "argument --steps: -3 must be a positive integer"),
+    (["demo", "--frames", "0"], "argument --frames: 0 frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33)"),
+    (["demo", "--frames", "8"], "argument --frames: 8 frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33), e.g. 5"),
+    (["demo", "--height", "100"], "argument --height: 100 pixels must be a multiple of 16"),
+    (["bench", "dlm", "--dense-steps", "1.5"], "argument --dense-steps: dense_steps=1.5 as a float"),
+    (["bench", "dlm", "--block-size", "100"], "argument --block-size: block_size=(100, 100) is not valid"),
+    (["bench", "dlm", "--density", "0"], "argument --density: topk_ratio=0.0 must be a number in (0, 1]"),
+])
+def test_bad_arguments_give_argparse_errors_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    assert info.value.code == 2 and message in " ".join(captured.err.split())
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_cuda_device_without_cuda_is_an_argparse_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit):
+        main(["bench", "dlm", "--device", "cuda"])
+    assert "CUDA is not available here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--locality", "2"], "--locality shapes the random weights only"),
+    (["demo", "--config", "nonexistent.json"], "--config file 'nonexistent.json' was not found"),
+    (["demo", "--config", "no/such/config"], "--config file 'no/such/config' was not found"),
+    (["bench", "dlm", "--context", "16"], "context lengths [16] must exceed gen_length=32 (the prompt is the rest); "
+     "give longer contexts or a smaller gen_length."),
+])
+def test_bad_values_exit_cleanly_before_loading(argv, message, capsys, monkeypatch):
+    import sparse_diffusion.cli as cli
+
+    monkeypatch.setattr(cli, "_prepare_cpu_kernel", lambda: pytest.fail("kernel prepared before validation"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "steps must be" not in err
+
+
+def test_kernel_note_only_when_not_built(capsys, monkeypatch):
+    import sparse_diffusion.cli as cli
+    from sparse_diffusion import cpu_kernel
+
+    monkeypatch.setattr(cpu_kernel, "build_error", lambda: None)
+    monkeypatch.setattr(cli, "_cpu_kernel_cached", lambda: True)
+    cli._prepare_cpu_kernel()
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(cli, "_cpu_kernel_cached", lambda: False)
+    cli._prepare_cpu_kernel()
+    assert "compiled on first use" in capsys.readouterr().out
+
+
+def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
+    from sparse_diffusion.cli import _print_paired
+
+    report = {
+        "model": "m", "weights": "w", "dense_steps": 2, "sparse_steps": 3,
+        "sparse_report": {
+            "dense_fallback_steps": 1, "planned_density": 0.3,
+            "replans": {"kept-mass estimate below refresh_threshold": 56},
+            "fallbacks": [{"layer": "a", "reason": "density above break-even", "count": 2},
+                          {"layer": "b", "reason": "density above break-even", "count": 3}],
+        },
+        "quality": {"mean_psnr": 30.0, "mean_ssim": 0.9}, "density": 0.3, "effective_density": 0.5,
+        "end_to_end_speedup": 1.5, "wall_time_s": {"dense": 2.0, "sparse": 1.0},
+        "attention_time_s": {"dense": 1.0, "sparse": 0.5}, "timing_note": "n", "files": ["report.json"],
+    }
+    _print_paired(report, tmp_path)
+    out = capsys.readouterr().out
+    assert "+ 1 ran dense\n" in out and "see report.json fallbacks" not in out
+    assert ("attention calls run dense after the warm-up: 56 re-planned (kept-mass estimate below "
+            "refresh_threshold); 5 fell back (density above break-even)") in out

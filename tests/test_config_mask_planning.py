@@ -24,7 +24,8 @@ from sparse_diffusion.planning import forced_blocks, kept_mass, plan_block_mask
         ({"mass_threshold": 0.0}, r"\(0, 1\]"),
         ({"topk_ratio": 2}, r"\(0, 1\]"),
         ({"max_density": -0.1}, r"\(0, 1\]"),
-        ({"min_kv_blocks": -1}, ">= 0"),
+        ({"min_kv_blocks": -1}, ">= 1"),
+        ({"min_kv_blocks": 0}, "at least one key block"),
         ({"refresh_threshold": 1.5}, r"\[0, 1\]"),
         ({"backend": "cuda"}, "backend"),
         ({"dense_layers": (1.5,)}, "dense_layers"),
@@ -161,3 +162,23 @@ def test_tile_permutation_is_tile_major_and_invertible():
         SparseAttentionConfig(token_tile=(2, 8))
     cfg = SparseAttentionConfig(token_tile=(2, 8, 8))
     assert SparseAttentionConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_sparsed_selection_error_names_only_the_failing_condition():
+    with pytest.raises(SparseDiffusionError) as info:
+        SparseAttentionConfig(sparsed_selection=True, policy="mass")
+    msg = str(info.value)
+    assert "policy='topk' (got 'mass')" in msg and "max_density" not in msg
+    with pytest.raises(SparseDiffusionError) as info:
+        SparseAttentionConfig(sparsed_selection=True, policy="topk", max_density=0.5)
+    msg = str(info.value)
+    assert "max_density=1.0 (got 0.5)" in msg and "policy" not in msg
+
+
+def test_token_tile_volume_other_than_block_q_warns_once(caplog):
+    with caplog.at_level("WARNING", logger="sparse_diffusion.config"):
+        SparseAttentionConfig(token_tile=(1, 4, 4), block_size=48)
+        SparseAttentionConfig(token_tile=(1, 4, 4), block_size=48)
+        SparseAttentionConfig(token_tile=(1, 4, 4), block_size=16)
+    warnings = [r.getMessage() for r in caplog.records if "token_tile" in r.getMessage()]
+    assert len(warnings) == 1 and "volume 16" in warnings[0] and "is 48" in warnings[0]

@@ -189,3 +189,37 @@ def test_bad_prompts_raise_clear_errors(models):
         dlm.generate(models["llada"], torch.tensor([[1, MASK, 2]]), gen_length=4, steps=4, mask_id=MASK)
     with pytest.raises(SparseDiffusionError, match=r"int64 tensor \[B, P\]"):
         dlm.generate(models["llada"], torch.tensor([1, 2, 3]), gen_length=4, steps=4, mask_id=MASK)
+
+
+@pytest.mark.parametrize("prompt, match", [
+    ([[1, 2, 3]], r"LongTensor \[B, P\], got a Python list"),
+    (torch.tensor([[1, 2, 3]], dtype=torch.int32), r"got dtype torch\.int32; use prompt_ids\.long\(\)"),
+    (torch.tensor([1, 2, 3]), r"shape \(3,\); use ids\[None\]"),
+    (torch.zeros((1, 0), dtype=torch.long), r"shape \(1, 0\); give at least one prompt"),
+    (torch.tensor([[1, 64, 2]]), "token id 64, outside the model's vocabulary of 64 tokens"),
+    (torch.tensor([[1, -5, 2]]), r"negative token id \(-5\)"),
+])
+def test_bad_prompts_name_the_problem(models, prompt, match):
+    with pytest.raises(SparseDiffusionError, match=match):
+        dlm.generate(models["llada"], prompt, gen_length=4, steps=4, mask_id=MASK)
+
+
+class _EmbeddingModel(torch.nn.Module):
+    """A model exposing its vocabulary through `get_input_embeddings` only."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, ids):
+        raise AssertionError("the checks must fail before any forward")
+
+
+def test_mask_id_outside_the_vocabulary_is_named(models):
+    with pytest.raises(SparseDiffusionError, match="mask_id=64 lies outside the model's vocabulary of 64 tokens"):
+        dlm.generate(models["llada"], _prompt(), gen_length=4, steps=4, mask_id=64)
+    with pytest.raises(SparseDiffusionError, match="mask_id=12 lies outside the model's vocabulary of 10 tokens"):
+        dlm.generate(_EmbeddingModel(), torch.tensor([[1, 2]]), gen_length=4, steps=4, mask_id=12)

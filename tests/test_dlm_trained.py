@@ -2,6 +2,8 @@
 retrieves at 1k context with the sampler, and the default accelerated config keeps its accuracy at low density;
 `bench dlm` prints its table. Thresholds come from the README's accuracy table (64 prompts per length)."""
 
+import json
+
 import pytest
 import torch
 from sparse_diffusion.pipelines import dlm_retrieval as task
@@ -89,3 +91,32 @@ def test_accuracy_sweep_rows(model, capsys, tmp_path):
     assert rows["default"]["density"] < rows["top-k 0.5"]["density"]
     assert main(["bench", "dlm-accuracy", "--context", "512", "--count", "2", "--json", str(tmp_path / "a.json")]) == 0
     assert "dlm default" in capsys.readouterr().out and (tmp_path / "a.json").is_file()
+
+
+def test_bench_dlm_rows_without_a_sparse_step_give_no_speedup(capsys, tmp_path):
+    path = tmp_path / "dlm.json"
+    # 4 steps all dense (warm-up 10), and a context of one 128-token key block
+    assert main(["bench", "dlm", "--context", "300,100", "--heads", "1", "--head-dim", "32", "--layers", "1",
+                 "--steps", "4", "--gen-length", "16", "--dense-steps", "10", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = {r["context"]: r for r in json.loads(path.read_text())["rows"]}
+    for n in (300, 100):
+        assert rows[n]["speedup"] is None and rows[n]["attention_speedup"] is None and rows[n]["density"] is None
+        assert rows[n]["sparse_steps"] == 0
+    assert out.count("no sparse step") == 3 and "both runs were dense and no speed-up is given" in out
+
+
+def test_dlm_accuracy_with_config_compares_dense_and_that_config_only(model, capsys, tmp_path):
+    from sparse_diffusion.bench_dlm import accuracy_sweep
+    from sparse_diffusion.config import SparseAttentionConfig
+
+    base = SparseAttentionConfig(policy="mass", mass_threshold=0.9, dense_steps=1)
+    result = accuracy_sweep((512,), count=2, base=base, model=model)
+    assert [r["label"] for r in result["rows"]] == ["dense", "base config"]
+    assert result["rows"][1]["config"]["policy"] == "mass" and result["rows"][1]["dense_steps"] == 1
+    path = tmp_path / "a.json"
+    assert main(["bench", "dlm-accuracy", "--context", "512", "--count", "2", "--config",
+                 '{"policy": "mass", "mass_threshold": 0.9}', "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["label"] for r in rows] == ["dense", "--config"] and rows[1]["config"]["mass_threshold"] == 0.9
+    assert "SparseD" not in capsys.readouterr().out

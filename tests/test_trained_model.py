@@ -94,3 +94,15 @@ def test_quality_curve_rows_against_the_dense_run(pipe, tmp_path):
     assert sparse["mean_psnr"] < rows["keep all"]["mean_psnr"] - 10
     assert replan["sparse_density"] < 0.3 < replan["density"] <= 1.0  # the re-plans ran the full attention
     assert plot_curve(result, tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_loading_the_trained_model_raises_no_deprecation_warning():
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_trained_tiny_wan_pipeline(dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16
+    assert not [w for w in caught if "torch_dtype" in str(w.message)], [str(w.message) for w in caught]
