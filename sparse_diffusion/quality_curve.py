@@ -51,11 +51,31 @@ DEFAULT_POINTS: list[tuple[str, dict]] = [
         for thr in (0.9, 0.95)
     ],
     ("warm-up 50%, top-k 0.30", {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3}),
+    # the demo's config (cli.DEMO_CONFIG) and its neighbours, all with the mask fixed and complement caching
+    ("warm-up 40%, top-k 0.40, complement cache, no re-planning",
+     {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED}),
+    ("warm-up 40%, top-k 0.40, complement cache, token tiles, no re-planning",
+     {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, "token_tile": (2, 8, 8), **_FIXED}),
+    ("warm-up 40%, mass 0.80, complement cache, no re-planning",
+     {"dense_steps": 0.4, "policy": "mass", "mass_threshold": 0.8, "cache_complement": True, **_FIXED}),
+    ("warm-up 50%, top-k 0.30, complement cache, no re-planning",
+     {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3, "cache_complement": True, **_FIXED}),
+    ("warm-up 50%, top-k 0.40, complement cache, no re-planning",
+     {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED}),
+    ("warm-up 50%, top-k 0.40, complement cache, token tiles, no re-planning",
+     {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, "token_tile": (2, 8, 8), **_FIXED}),
+    *[
+        (f"warm-up {int(ds * 100)}%, top-k {ratio:.2f}, complement cache, 64-token blocks{tiles}, no re-planning",
+         {"dense_steps": ds, **_TOPK, "topk_ratio": ratio, "cache_complement": True, "block_size": 64, **_FIXED,
+          **({"token_tile": (1, 8, 8)} if tiles else {})})
+        for ds, ratio, tiles in ((0.5, 0.4, ""), (0.5, 0.4, " + tiles (1,8,8)"), (0.5, 0.45, " + tiles (1,8,8)"),
+                                 (0.6, 0.4, " + tiles (1,8,8)"))
+    ],
 ]
 
 QUICK_POINTS = [p for p in DEFAULT_POINTS if p[0] in (
-    "warm-up 25%, top-k 0.20", "warm-up 40%, top-k 0.30", "warm-up 40%, top-k 0.30, complement cache, no re-planning",
-    "warm-up 40%, mass 0.90",
+    "warm-up 25%, top-k 0.20", "warm-up 40%, top-k 0.30", "warm-up 40%, mass 0.90",
+    "warm-up 60%, top-k 0.40, complement cache, 64-token blocks + tiles (1,8,8), no re-planning",
 )]
 
 
