@@ -65,9 +65,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         if density is not None:
             weighted_density += density * n_sparse
             weight += n_sparse
-        n_dense_after = (  # calls after the warm-up that ran the full attention
-            st.calls.get("fallback", 0) + sum(st.replans.values()) + st.dense_layer_calls_after_warmup
-        )
+        n_dense_after = st.full_calls_after_warmup  # re-plans, fallbacks, dense_layers calls after the warm-up
         n_after = n_sparse + n_dense_after
         effective = round(((density or 0.0) * n_sparse + n_dense_after) / n_after, 6) if n_after else None
         effective_sum += (density or 0.0) * n_sparse + n_dense_after
