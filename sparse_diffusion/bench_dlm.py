@@ -311,7 +311,9 @@ def accuracy_sweep(
 
     context_lengths = _lengths(context_lengths)
     count, batch_size = _whole("count", count), _whole("batch_size", batch_size)
-    if points is not None and not isinstance(points, dict):
+    if points is not None and not (
+        isinstance(points, dict) and all(o is None or isinstance(o, dict) for o in points.values())
+    ):
         raise SparseDiffusionError(
             f"points={points!r} must be a dict of label -> config overrides (None for the dense run), e.g. "
             '{"dense": None, "top-k 0.2": {"topk_ratio": 0.2}}.'

@@ -126,7 +126,7 @@ def test_dlm_accuracy_with_config_compares_dense_and_that_config_only(model, cap
     "kwargs, words",
     [(dict(context_lengths=512), "context_lengths=512"), (dict(count=0), "count=0"),
      (dict(batch_size=0), "batch_size=0"), (dict(batch_size=-1), "batch_size=-1"),
-     (dict(points=["dense"]), "points=['dense']")],
+     (dict(points=["dense"]), "points=['dense']"), (dict(points={"x": 0.3}), "points={'x': 0.3}")],
 )
 def test_accuracy_sweep_rejects_odd_arguments_before_loading_the_model(kwargs, words):
     from sparse_diffusion.bench_dlm import accuracy_sweep
