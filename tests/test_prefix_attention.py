@@ -208,3 +208,18 @@ def test_effective_density_counts_each_call_after_the_warm_up_once():
         expected = (density * n_sparse + full_after) / 3
         assert report["effective_density"] == pytest.approx(expected, abs=1e-5), (first_prefix, dict(stats.calls))
         assert density <= report["effective_density"] <= 1
+
+
+def test_effective_density_counts_passed_through_calls_after_the_warm_up_as_full_work():
+    from types import SimpleNamespace
+
+    from sparse_diffusion.report import build_report
+
+    q, k, v = _qkv(torch.float32, b=1)
+    band = (torch.arange(SK)[None, :] > PREFIX + torch.arange(SQ)[:, None] - 24)[None, None]  # not a tile pattern
+    controller = _controller(True, policy="topk", topk_ratio=0.3)
+    for mask in (None, band, None, None):  # build, a passed-through call, two sparse steps
+        _intercepted(controller, q, k, v, mask)
+    report = build_report(controller, SimpleNamespace(family="test", token_layout="tokens"), model_class="Test")
+    assert controller.stats["attn"].calls == {"build": 1, "sparse": 2}
+    assert report["effective_density"] == pytest.approx((2 * report["density"] + 1) / 3, abs=1e-5)
