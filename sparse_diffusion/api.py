@@ -227,7 +227,9 @@ def _accelerate(
         _check_not_parallel(denoiser)
         _check_backend_can_serve(denoiser, config)
     per_forward = adapter.step_source == "forward"  # the sampler tells each call's steps (begin_call)
-    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None and not per_forward:
+    # a `call_module` (DiffusionGemma's encoder) opens calls without a step count: no sampler tells it
+    sampler_tells = per_forward and not adapter.call_module
+    if isinstance(config.dense_steps, float) and total_steps_fn() is None and pipe is None and not sampler_tells:
         raise SparseDiffusionError(
             f"dense_steps={config.dense_steps} is a fraction, but accelerate_model() does not know the number of "
             "denoising steps; pass num_inference_steps=... or an int dense_steps."

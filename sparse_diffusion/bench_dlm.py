@@ -108,8 +108,28 @@ def _timed_generate(model, prompt, config, *, gen_length, steps, block_length, m
     return ids, wall, report, hooks
 
 
+def _whole(name: str, value, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`, else `SparseDiffusionError` naming it."""
+    import numbers
+
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise SparseDiffusionError(f"{name}={value!r} must be a whole number >= {minimum}.")
+    return int(value)
+
+
+def _lengths(context_lengths) -> tuple[int, ...]:
+    """`context_lengths` as a tuple of ints >= 1, else `SparseDiffusionError` naming it."""
+    if not isinstance(context_lengths, (tuple, list)):
+        raise SparseDiffusionError(
+            f"context_lengths={context_lengths!r} must be a tuple of token counts, e.g. ({context_lengths!r},)."
+        )
+    return tuple(_whole("context length", n) for n in context_lengths)
+
+
 def check_sizes(context_lengths: tuple[int, ...], gen_length: int, steps: int) -> None:
     """Raise `SparseDiffusionError` naming what is wrong when `bench_dlm` cannot run these sizes."""
+    context_lengths = _lengths(context_lengths)
+    gen_length, steps = _whole("gen_length", gen_length, 0), _whole("steps", steps, 0)
     bad = [f"{name}={v} must be >= 1" for name, v in (("gen_length", gen_length), ("steps", steps)) if v < 1]
     if bad:
         raise SparseDiffusionError("; ".join(bad) + ".")
@@ -159,8 +179,12 @@ def bench_dlm(
     """
     from .pipelines.tiny_dlm import build_tiny_masked_lm
 
-    kv_heads = kv_heads or heads
     check_sizes(context_lengths, gen_length, steps)
+    context_lengths = _lengths(context_lengths)
+    heads, head_dim, layers = _whole("heads", heads), _whole("head_dim", head_dim), _whole("layers", layers)
+    kv_heads = heads if kv_heads is None else _whole("kv_heads", kv_heads)
+    if isinstance(density, bool) or not isinstance(density, (int, float)):
+        raise SparseDiffusionError(f"density={density!r} must be a number in (0, 1].")
     if not 0 < density <= 1:
         raise SparseDiffusionError(f"density={density} must lie in (0, 1].")
     dev = torch.device(device)
@@ -285,6 +309,15 @@ def accuracy_sweep(
     from .pipelines import dlm_retrieval as task
     from .pipelines.tiny_dlm import load_trained_tiny_dlm
 
+    context_lengths = _lengths(context_lengths)
+    count, batch_size = _whole("count", count), _whole("batch_size", batch_size)
+    if points is not None and not (
+        isinstance(points, dict) and all(o is None or isinstance(o, dict) for o in points.values())
+    ):
+        raise SparseDiffusionError(
+            f"points={points!r} must be a dict of label -> config overrides (None for the dense run), e.g. "
+            '{"dense": None, "top-k 0.2": {"topk_ratio": 0.2}}.'
+        )
     model = load_trained_tiny_dlm() if model is None else model
     if points is None:
         points = ACCURACY_POINTS if base is None else {"dense": None, "base config": {}}

@@ -65,6 +65,7 @@ class LayerStats:
     backends: Counter = field(default_factory=Counter)
     planned_density: list = field(default_factory=list)
     dense_layer_calls_after_warmup: int = 0  # a `dense_layers` layer's calls after the warm-up (full attention)
+    full_calls_after_warmup: int = 0  # calls after the warm-up that ran the full attention (not sparse, passed through)
     pending_cuda_times: list = field(default_factory=list)  # (phase, start event, end event), resolved on report
 
     def resolve_times(self) -> None:
@@ -363,6 +364,8 @@ class SparseController:
             elif self.runs:
                 self.runs[-1]["_sparse"].add(self.step)
         stats.calls[phase.value] += 1
+        if phase is not Phase.SPARSE and self.step >= self.num_dense_steps:
+            stats.full_calls_after_warmup += 1  # once per call: a failed re-plan is not also a fallback
         timer.add_to(stats, phase.value)
         return out
 
@@ -476,10 +479,17 @@ class SparseController:
                 plan.refresh = True
         return out, True
 
+    def _count_full_call(self, layer: str) -> None:
+        """A call that ran the original attention outside `attention()`: full work once past the warm-up."""
+        if self.step >= self.num_dense_steps:
+            self.stats[layer].full_calls_after_warmup += 1
+
     def record_passthrough(self, layer: str, reason: str) -> None:
         self.passthrough[f"{layer}: {reason}"] += 1
+        self._count_full_call(layer)
 
     def record_not_intercepted(self, layer: str) -> None:
+        self._count_full_call(layer)
         self.stats[layer].fallbacks[
             "no F.scaled_dot_product_attention call seen (a non-native attention backend or custom processor); ran "
             "unchanged"

@@ -30,8 +30,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     re-plans, break-even fallbacks, errors),
     `dense_steps`/`sparse_steps`/`dense_fallback_steps`/`total_steps` (last call), `density` (kept key blocks / all
     key blocks over sparse calls, mean over layers and heads), `effective_density` (the same over every call after
-    the dense warm-up, a re-plan, fallback or `dense_layers` call counting as density 1: the share of attention work
-    actually done),
+    the dense warm-up, a re-plan, fallback, `dense_layers` or passed-through call counting as density 1: the share
+    of attention work actually done),
     `planned_density` (mean density of the built masks,
     also those that ran dense above the break-even), `kept_mass` (mean `exp(lse_sparse - lse_dense)`: the kept
     softmax mass estimated against the dense LSE cached at the build step; it can exceed 1 when the scores grew since
@@ -65,9 +65,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         if density is not None:
             weighted_density += density * n_sparse
             weight += n_sparse
-        n_dense_after = (  # calls after the warm-up that ran the full attention
-            st.calls.get("fallback", 0) + sum(st.replans.values()) + st.dense_layer_calls_after_warmup
-        )
+        n_dense_after = st.full_calls_after_warmup  # re-plans, fallbacks, dense_layers, passed-through calls
         n_after = n_sparse + n_dense_after
         effective = round(((density or 0.0) * n_sparse + n_dense_after) / n_after, 6) if n_after else None
         effective_sum += (density or 0.0) * n_sparse + n_dense_after
@@ -139,7 +137,7 @@ def format_report(report: dict) -> str:
         f"  steps (last call): total {report['total_steps']}, dense warm-up {report['dense_steps']}, "
         f"sparse {report['sparse_steps']}, ran dense after warm-up {report['dense_fallback_steps']}",
         f"  density {fmt(report['density'])} over sparse calls, {fmt(report['effective_density'])} over all calls "
-        f"after warm-up (re-plans and fallbacks count 1; planned {fmt(report['planned_density'])}), kept mass "
+        f"after warm-up (re-plans, fallbacks and pass-throughs count 1; planned {fmt(report['planned_density'])}), kept mass "
         f"(LSE estimate) {fmt(report['kept_mass'])}, kept mass at build {fmt(report['build_kept_mass'])}",
         "  attention time s: " + ", ".join(f"{k} {v:.3f}" for k, v in report["attention_time_s"].items())
         + "; calls: " + ", ".join(f"{k} {v}" for k, v in report["calls"].items()),

@@ -319,3 +319,14 @@ def test_diffusion_gemma_padding_masks_that_are_not_tile_patterns_pass_through(g
         ("model.decoder.layers.1.self_attn", "explicit attn_mask (not aligned to 16x16 tiles)")
     }
     assert handle.controller.stats["model.decoder.layers.0.self_attn"].calls["sparse"] > 0  # window past the padding
+
+def test_diffusion_gemma_fractional_dense_steps_without_num_inference_steps_fail_at_accelerate_time(gemma):
+    """The encoder opens each canvas's call without a step count, so a fraction cannot be resolved: say so up front,
+    not in the middle of `generate()` after the encoder has run."""
+    from sparse_diffusion.errors import SparseDiffusionError
+
+    model, _, _ = gemma
+    hooks = _decoder_hooks(model)
+    with pytest.raises(SparseDiffusionError, match=r"dense_steps=0.25 is a fraction.*num_inference_steps"):
+        accelerate_model(model, block_size=16, dense_steps=0.25)
+    assert _decoder_hooks(model) == hooks

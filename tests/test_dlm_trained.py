@@ -120,3 +120,33 @@ def test_dlm_accuracy_with_config_compares_dense_and_that_config_only(model, cap
     rows = json.loads(path.read_text())["rows"]
     assert [r["label"] for r in rows] == ["dense", "--config"] and rows[1]["config"]["mass_threshold"] == 0.9
     assert "SparseD" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [(dict(context_lengths=512), "context_lengths=512"), (dict(count=0), "count=0"),
+     (dict(batch_size=0), "batch_size=0"), (dict(batch_size=-1), "batch_size=-1"),
+     (dict(points=["dense"]), "points=['dense']"), (dict(points={"x": 0.3}), "points={'x': 0.3}")],
+)
+def test_accuracy_sweep_rejects_odd_arguments_before_loading_the_model(kwargs, words):
+    from sparse_diffusion.bench_dlm import accuracy_sweep
+    from sparse_diffusion.errors import SparseDiffusionError
+
+    args = {"context_lengths": (512,), "count": 2, **kwargs}
+    with pytest.raises(SparseDiffusionError, match=__import__("re").escape(words)):
+        accuracy_sweep(**args, model=object())  # not a model: the check comes first
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [(dict(context_lengths=256), "context_lengths=256"), (dict(heads=0), "heads=0"), (dict(kv_heads=0), "kv_heads=0"),
+     (dict(layers=0), "layers=0"), (dict(head_dim=0), "head_dim=0"), (dict(gen_length=8.0), "gen_length=8.0"),
+     (dict(density="0.2"), "density='0.2'"), (dict(block_size=64.0), "block_size=64.0")],
+)
+def test_bench_dlm_rejects_odd_arguments(kwargs, words):
+    from sparse_diffusion.bench_dlm import bench_dlm
+    from sparse_diffusion.errors import SparseDiffusionError
+
+    args = dict(context_lengths=(256,), heads=2, head_dim=16, layers=1, gen_length=8, steps=2, block_size=32)
+    with pytest.raises(SparseDiffusionError, match=__import__("re").escape(words)):
+        bench_dlm(**{**args, **kwargs})

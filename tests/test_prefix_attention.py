@@ -182,3 +182,44 @@ def test_dense_ranges_of_prefix_calls_are_key_positions():
     assert controller._dense_ranges((SQ, SQ), 5) == ([(0, 5)], [])  # self-attention unchanged
     off = SparseController(SparseAttentionConfig(block_size=BLOCK, keep_generated_tokens=False), ["attn"], lambda: None)
     assert off._dense_ranges((SQ, SK), 0, query_offset=PREFIX) == ([], [])
+
+
+def test_effective_density_counts_each_call_after_the_warm_up_once():
+    """A re-plan whose build fails is one full-work call (not a re-plan plus a fallback), and a build that fails
+    inside the warm-up is warm-up work, not a call after it."""
+    from types import SimpleNamespace
+
+    from sparse_diffusion.report import build_report
+
+    q, k, v = _qkv(torch.float32, b=1)
+    square_q = k.repeat_interleave(2, 1)  # Sq = Sk: sparsed_selection can plan it; the prefix calls cannot
+    adapter = SimpleNamespace(family="test", token_layout="tokens")
+    for first_prefix in (False, True):
+        controller = _controller(True, policy="topk", topk_ratio=0.3, sparsed_selection=True)
+        controller.begin_call(total_steps=4)
+        order = ["prefix", "square", "square", "square"] if first_prefix else ["square", "prefix", "square", "square"]
+        for kind in order:
+            _intercepted(controller, q if kind == "prefix" else square_q, k, v)
+        stats = controller.stats["attn"]
+        report = build_report(controller, adapter, model_class="Test")
+        density, n_sparse = report["density"], stats.calls["sparse"]
+        full_after = 3 - n_sparse  # steps 1..3 are after the one-step warm-up; each ran one call
+        assert n_sparse >= 1 and density is not None
+        expected = (density * n_sparse + full_after) / 3
+        assert report["effective_density"] == pytest.approx(expected, abs=1e-5), (first_prefix, dict(stats.calls))
+        assert density <= report["effective_density"] <= 1
+
+
+def test_effective_density_counts_passed_through_calls_after_the_warm_up_as_full_work():
+    from types import SimpleNamespace
+
+    from sparse_diffusion.report import build_report
+
+    q, k, v = _qkv(torch.float32, b=1)
+    band = (torch.arange(SK)[None, :] > PREFIX + torch.arange(SQ)[:, None] - 24)[None, None]  # not a tile pattern
+    controller = _controller(True, policy="topk", topk_ratio=0.3)
+    for mask in (None, band, None, None):  # build, a passed-through call, two sparse steps
+        _intercepted(controller, q, k, v, mask)
+    report = build_report(controller, SimpleNamespace(family="test", token_layout="tokens"), model_class="Test")
+    assert controller.stats["attn"].calls == {"build": 1, "sparse": 2}
+    assert report["effective_density"] == pytest.approx((2 * report["density"] + 1) / 3, abs=1e-5)
