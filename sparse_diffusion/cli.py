@@ -156,7 +156,7 @@ def _print_paired(report: dict, out: Path) -> None:
     if density is not None:
         effective = report["effective_density"]
         print(f"attention density {density:.3f} over sparse calls, {effective:.3f} over all calls after the dense "
-              "warm-up (re-plans and fallbacks count as 1)")
+              "warm-up (calls that ran full attention, such as re-plans, count as 1)")
     else:
         print(f"attention density n/a: no sparse call (planned density {planned}; {reasons or 'no plan'})")
     ratio = f"{report['end_to_end_speedup']:.2f}x" if report["sparse_steps"] else "no step ran sparse"

@@ -95,8 +95,8 @@ def run_quality_curve(
     Returns:
         `{"dense": [...per call: wall_s, attention_s], "points": [{label, config, density, sparse_density, kept_mass,
         mean_psnr, min_psnr, mean_ssim, wall_s, speedup, attention_speedup, sparse_steps}]}`; PSNR in dB. `density`
-        is the report's `effective_density` (every call after the warm-up, re-plans counting 1), `sparse_density`
-        its `density` (sparse calls only).
+        is the report's `effective_density` (every call after the warm-up, full-attention calls such as re-plans
+        counting 1), `sparse_density` its `density` (sparse calls only).
     """
     from tqdm.auto import tqdm
 
