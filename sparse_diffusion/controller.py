@@ -64,7 +64,6 @@ class LayerStats:
     fallbacks: Counter = field(default_factory=Counter)
     backends: Counter = field(default_factory=Counter)
     planned_density: list = field(default_factory=list)
-    dense_layer_calls_after_warmup: int = 0  # a `dense_layers` layer's calls after the warm-up (full attention)
     full_calls_after_warmup: int = 0  # calls after the warm-up that ran the full attention (not sparse, passed through)
     pending_cuda_times: list = field(default_factory=list)  # (phase, start event, end event), resolved on report
 
@@ -331,8 +330,6 @@ class SparseController:
         stats = self.stats[layer]
         timer = _Timer(self.config.collect_timings, q.device)
         if phase is Phase.DENSE:
-            if layer in self.dense_layer_names and self.step >= self.num_dense_steps:
-                stats.dense_layer_calls_after_warmup += 1
             with timer:
                 out = dense_fn()
         elif phase is Phase.BUILD:

@@ -67,8 +67,9 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
             weight += n_sparse
         n_dense_after = st.full_calls_after_warmup  # re-plans, fallbacks, dense_layers, passed-through calls
         n_after = n_sparse + n_dense_after
-        effective = round(((density or 0.0) * n_sparse + n_dense_after) / n_after, 6) if n_after else None
-        effective_sum += (density or 0.0) * n_sparse + n_dense_after
+        work = (density or 0.0) * n_sparse + n_dense_after  # key blocks computed, in units of full calls
+        effective = round(work / n_after, 6) if n_after else None
+        effective_sum += work
         effective_calls += n_after
         if head_mass:
             mass_values.append(_avg(head_mass))
