@@ -118,3 +118,56 @@ def random_batch(gen: torch.Generator, batch: int, num_frames: int, height: int,
     """``batch`` random clips ``[B, 3, F, H, W]`` in [0, 1] and their prompts."""
     specs = [random_spec(gen) for _ in range(batch)]
     return torch.stack([render(s, num_frames, height, width) for s in specs]), [s.prompt for s in specs]
+
+
+@dataclass(frozen=True)
+class PromptCheck:
+    """How well a clip shows its prompt (see ``check_prompt``). Fractions of the canvas for motion."""
+
+    colour_match: float  # mean over frames of the share of foreground pixels nearest the prompted colour
+    along: float  # foreground centroid displacement, first -> last frame, along the prompted direction
+    across: float  # the same, perpendicular to it (signed)
+    foreground: float  # mean share of pixels that differ from the background
+
+    @property
+    def follows(self) -> bool:
+        """Right colour on most of the foreground, and a move of >= 0.15 canvas mostly in the prompted direction."""
+        return self.colour_match >= 0.5 and self.along >= 0.15 and abs(self.across) < self.along
+
+
+def check_prompt(video, prompt: str) -> PromptCheck:
+    """Measures whether ``video`` shows ``prompt`` (``"a <colour> <shape> moving <direction>"``).
+
+    ``video``: frames ``[F, H, W, 3]`` in [0, 1] (numpy or torch, what ``output_type="np"`` returns). A pixel is
+    foreground when a channel differs from the background by more than 0.25. The shape itself is not judged.
+
+    Raises:
+        ValueError: the prompt does not name a known colour and direction, or the video is not [F, H, W, 3].
+    """
+    words = prompt.lower().split()
+    colour = next((w for w in words if w in COLOURS), None)
+    direction = next((w for w in words if w in DIRECTIONS), None)
+    if colour is None or direction is None:
+        raise ValueError(f"prompt {prompt!r} names no colour of {list(COLOURS)} or no direction of {list(DIRECTIONS)}")
+    v = torch.as_tensor(video).float()
+    if v.dim() != 4 or v.shape[-1] != 3:
+        raise ValueError(f"video must be [F, H, W, 3], got {tuple(v.shape)}")
+    frames, height, width = v.shape[:3]
+    fg = (v - BACKGROUND).abs().amax(-1) > 0.25
+    palette = torch.tensor(list(COLOURS.values()))
+    nearest = (v.unsqueeze(-2) - palette).norm(dim=-1).argmin(-1)
+    match = nearest == list(COLOURS).index(colour)
+    counts = fg.sum((1, 2))
+    colour_match = float(((match & fg).sum((1, 2)) / counts.clamp(min=1)).mean())
+    ys = torch.arange(height, dtype=torch.float32).view(1, -1, 1) / height
+    xs = torch.arange(width, dtype=torch.float32).view(1, 1, -1) / width
+    seen = counts > 0
+    along = across = 0.0
+    if int(seen.sum()) >= 2:
+        w = fg.float()[seen]
+        cx = (w * xs).sum((1, 2)) / w.sum((1, 2))
+        cy = (w * ys).sum((1, 2)) / w.sum((1, 2))
+        mx, my = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
+        dx, dy = DIRECTIONS[direction]
+        along, across = mx * dx + my * dy, mx * dy - my * dx
+    return PromptCheck(colour_match, along, across, float(fg.float().mean()))
