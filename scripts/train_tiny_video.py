@@ -42,9 +42,13 @@ def parse_args():
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vae-base-dim", type=int, default=8, help="AutoencoderKLWan base_dim (channels of its first level)")
+    p.add_argument("--z-dim", type=int, default=8, help="latent channels of the VAE (and of the transformer's patches)")
     p.add_argument("--resume-vae", action="store_true", help="reuse OUT/work/vae from an earlier run")
     p.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (resume with --resume-vae)")
     p.add_argument("--vae-init", type=Path, help="continue VAE training from this saved VAE folder")
+    p.add_argument("--vae-frames", type=int, default=33, help="frames per VAE training clip (4k+1; 33 = the demo's length)")
+    p.add_argument("--vae-batch", type=int, default=2, help="clips per VAE training step")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="peak VAE learning rate")
     p.add_argument(
         "--decoder-only", action="store_true",
@@ -52,26 +56,28 @@ def parse_args():
     )
     p.add_argument(
         "--init-transformer", type=Path,
-        help="with --resume-vae: continue training from this saved WanTransformer3DModel folder",
+        help="with --resume-vae: start from this saved WanTransformer3DModel folder; tensors whose shape differs (the "
+        "patch embedding and output projection after a --z-dim change) keep their fresh initialisation",
     )
     p.add_argument(
         "--data-seed", type=int,
         help="seed of the training clips (default: --seed + 1); a new one gives a continued run fresh clips",
     )
+    p.add_argument("--eval-only", action="store_true", help="only redo OUT/preview.png and the logged prompt check")
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/loss_curve.png from OUT/train_log.jsonl")
     return p.parse_args()
 
 
-def build(seed: int, layers: int, heads: int):
+def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from sparse_diffusion.pipelines import tiny
 
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(
-        base_dim=8, z_dim=8, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=vae_base_dim, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
     transformer = WanTransformer3DModel(
-        patch_size=(1, 1, 1), num_attention_heads=heads, attention_head_dim=64, in_channels=8, out_channels=8,
+        patch_size=(1, 1, 1), num_attention_heads=heads, attention_head_dim=64, in_channels=z_dim, out_channels=z_dim,
         text_dim=tiny._TEXT_DIM, freq_dim=256, ffn_dim=4 * 64 * heads, num_layers=layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
     )
@@ -82,25 +88,27 @@ def build(seed: int, layers: int, heads: int):
     )
 
 
-def vae_clips(gen, batch):
-    """9-frame 64x64 clips: half drawn at 64x64, half cropped from 128x128 around the shape."""
+def vae_clips(gen, batch, frames):
+    """64x64 clips of ``frames`` frames: half drawn at 64x64, half cropped from 128x128 around the shape."""
     from sparse_diffusion.pipelines import shapes
 
     out = []
     for i in range(batch):
         spec = shapes.random_spec(gen)
         if i % 2 == 0:
-            out.append(shapes.render(spec, 9, 64, 64))
+            out.append(shapes.render(spec, frames, 64, 64))
         else:
-            clip = shapes.render(spec, 9, 128, 128)
-            cx, cy = int(spec.start[0] * 128), int(spec.start[1] * 128)
+            clip = shapes.render(spec, frames, 128, 128)
+            dx, dy = shapes.DIRECTIONS[spec.direction]  # centre the crop on the middle of the path
+            cx = int((spec.start[0] + dx * spec.travel / 2) * 128)
+            cy = int((spec.start[1] + dy * spec.travel / 2) * 128)
             x0 = max(0, min(64, cx - 32 + int(torch.randint(-16, 17, (1,), generator=gen))))
             y0 = max(0, min(64, cy - 32 + int(torch.randint(-16, 17, (1,), generator=gen))))
             out.append(clip[:, :, y0:y0 + 64, x0:x0 + 64])
     return torch.stack(out) * 2 - 1
 
 
-def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False):
+def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False, frames=33, batch=2):
     from sparse_diffusion.pipelines import shapes
 
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else list(vae.parameters())
@@ -111,7 +119,7 @@ def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False):
         lr = peak_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        x = vae_clips(gen, 4)
+        x = vae_clips(gen, batch, frames)
         with torch.set_grad_enabled(not decoder_only):
             post = vae.encode(x).latent_dist
         z = post.mean if decoder_only else post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
@@ -191,6 +199,13 @@ def train_transformer(pipe, stages, args, gen, log):
             if step % 25 == 0 or step == total - 1:
                 log(stage=f"transformer{size}", step=step, loss=round(smooth, 5), lr=round(lr, 7))
             step += 1
+            if step % 250 == 0:  # EMA snapshot, to look at a long run before it ends
+                ema.save_pretrained(args.out / "work" / "transformer-ema")
+            skip = args.out / "next-stage"
+            if skip.exists():  # `touch OUT/next-stage` ends this stage early (wall-clock budget)
+                skip.unlink()
+                log(stage=f"transformer{size}", ended_early_at=step)
+                break
     tr.load_state_dict(ema.state_dict())
     tr.eval()
 
@@ -204,19 +219,33 @@ def latent_stats(vae, gen):
     return z.mean((0, 2, 3, 4)).tolist(), z.std((0, 2, 3, 4)).tolist()
 
 
+PREVIEW_PROMPTS = ("a red circle moving right", "a blue square moving down", "a yellow triangle moving left",
+                   "a green circle moving up")
+
+
 @torch.no_grad()
-def preview(pipe, path: Path, seed: int):
+def preview(pipe, path: Path, seed: int, log):
+    """preview.png (frames 0, 4, .., 32 of the 4 PREVIEW_PROMPTS, one row each) and a prompt check of 15 prompts
+    (every 5th of ``shapes.all_prompts()``, 128x128x33, 20 steps, CFG 4), logged per prompt and in total."""
     import numpy as np
     from PIL import Image
+    from sparse_diffusion.pipelines import shapes
 
-    prompts = ["a red circle moving right", "a blue square moving down", "a yellow triangle moving left",
-               "a green circle moving up"]
-    rows = []
+    prompts = list(PREVIEW_PROMPTS) + [p for p in shapes.all_prompts()[::5] if p not in PREVIEW_PROMPTS]
+    rows, checks = [], []
     for i, prompt in enumerate(prompts):
         video = pipe(prompt, height=128, width=128, num_frames=33, num_inference_steps=20, guidance_scale=4.0,
                      generator=torch.Generator().manual_seed(seed + i), output_type="np").frames[0]
-        rows.append(np.concatenate([video[f] for f in (0, 8, 16, 24, 32)], axis=1))
+        if i < len(PREVIEW_PROMPTS):
+            rows.append(np.concatenate([video[f] for f in range(0, 33, 4)], axis=1))
+        check = shapes.check_prompt(video, prompt)
+        checks.append(check)
+        log(stage="prompt-check", prompt=prompt, colour_match=round(check.colour_match, 3),
+            along=round(check.along, 3), across=round(check.across, 3), follows=check.follows)
     Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)).save(path)
+    log(stage="prompt-check-total", prompts=len(checks), follows=sum(c.follows for c in checks),
+        colour_match=round(float(np.mean([c.colour_match for c in checks])), 3),
+        direction_right=sum(c.along >= 0.15 and abs(c.across) < c.along for c in checks))
 
 
 def plot_losses(out: Path) -> Path:
@@ -256,13 +285,21 @@ def main():
     if args.plot_only:
         print(plot_losses(args.out))
         return
+    if args.eval_only:
+        from diffusers import WanPipeline
+
+        torch.set_num_threads(args.threads)
+        pipe = WanPipeline.from_pretrained(str(args.out), dtype=torch.float32, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        preview(pipe, args.out / "preview.png", args.seed, Log(args.out / "train_log.jsonl", append=True))
+        return
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"
     log = Log(args.out / "train_log.jsonl", append=args.resume_vae or args.vae_init is not None)
     log(stage="start", args={k: str(v) for k, v in vars(args).items()}, torch=torch.__version__)
-    pipe = build(args.seed, args.layers, args.heads)
+    pipe = build(args.seed, args.layers, args.heads, args.vae_base_dim, args.z_dim)
     gen = torch.Generator().manual_seed(args.seed)
     if args.resume_vae and (work / "vae").exists():
         from diffusers import AutoencoderKLWan
@@ -276,7 +313,7 @@ def main():
 
             pipe.register_modules(vae=AutoencoderKLWan.from_pretrained(args.vae_init))
             gen.manual_seed(args.seed + 2)  # fresh clips for the continued stage
-        train_vae(pipe.vae, args.vae_steps, gen, log, args.vae_lr, args.decoder_only)
+        train_vae(pipe.vae, args.vae_steps, gen, log, args.vae_lr, args.decoder_only, args.vae_frames, args.vae_batch)
         if not args.decoder_only:  # the encoder is unchanged otherwise: keep its statistics
             mean, std = latent_stats(pipe.vae, gen)
             pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
@@ -289,9 +326,15 @@ def main():
     log(stage="latents", mean=[round(m, 3) for m in pipe.vae.config.latents_mean],
         std=[round(s, 3) for s in pipe.vae.config.latents_std])
     if args.init_transformer is not None:
-        from diffusers import WanTransformer3DModel
+        from safetensors.torch import load_file
 
-        pipe.register_modules(transformer=WanTransformer3DModel.from_pretrained(args.init_transformer).float())
+        own = pipe.transformer.state_dict()
+        saved = {}
+        for f in sorted(args.init_transformer.glob("*.safetensors")):
+            saved.update(load_file(f))
+        kept = {k: v.float() for k, v in saved.items() if k in own and own[k].shape == v.shape}
+        pipe.transformer.load_state_dict(kept, strict=False)
+        log(stage="init-transformer", loaded=len(kept), fresh=sorted(set(own) - set(kept)))
     stages = [(args.low_steps, args.low_clips, 64, 8), (args.high_steps, args.high_clips, 128, 2)]
     train_transformer(pipe, [s for s in stages if s[0] > 0], args, gen, log)
     pipe.transformer.to(torch.float16)
@@ -299,7 +342,7 @@ def main():
     pipe.save_pretrained(args.out, safe_serialization=True)
     pipe.transformer.to(torch.float32)
     pipe.vae.to(torch.float32)
-    preview(pipe, args.out / "preview.png", args.seed)
+    preview(pipe, args.out / "preview.png", args.seed, log)
     log(stage="done")
     plot_losses(args.out)
 

@@ -165,6 +165,11 @@ def _print_paired(report: dict, out: Path) -> None:
         f"({ratio}); attention alone: dense {report['attention_time_s']['dense']:.2f} s, "
         f"sparse {report['attention_time_s']['sparse']:.2f} s ({report['timing_note']})"
     )
+    if "judged" in report:
+        for name, j in report["judged"].items():
+            print(f"{name} clip vs its prompt: colour match {j['colour_match']:.2f}, moved {j['moved_along']:+.2f} of "
+                  f"the frame along the prompted direction ({j['moved_across']:+.2f} across): "
+                  + ("follows it" if j["follows_prompt"] else "does not follow it"))
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
@@ -256,9 +261,27 @@ def cmd_demo(args) -> int:
         pipe, prompt=args.prompt, steps=args.steps, height=args.height or size, width=args.width or size,
         frames=args.frames, guidance_scale=guidance,
     )
-    report = paired_run(pipe, kwargs, config, args.seed, Path(args.out), extra=extra)
+    judge = _prompt_judge(args.prompt) if args.weights == "trained" else None
+    report = paired_run(pipe, kwargs, config, args.seed, Path(args.out), extra=extra, judge=judge)
     _print_paired(report, Path(args.out))
     return 0
+
+
+def _prompt_judge(prompt: str):
+    """For the trained model's prompts ("a <colour> <shape> moving <direction>"): a function scoring a video with
+    `shapes.check_prompt` (colour match and motion along the prompted direction); None for other prompts."""
+    from .pipelines import shapes
+
+    words = prompt.lower().split()
+    if not any(w in shapes.COLOURS for w in words) or not any(w in shapes.DIRECTIONS for w in words):
+        return None
+
+    def judge(frames) -> dict:
+        check = shapes.check_prompt(frames, prompt)
+        return {"colour_match": round(check.colour_match, 3), "moved_along": round(check.along, 3),
+                "moved_across": round(check.across, 3), "follows_prompt": check.follows}
+
+    return judge
 
 
 def cmd_generate(args) -> int:

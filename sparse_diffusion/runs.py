@@ -74,12 +74,14 @@ def mask_panels(masks: dict, limit: int = _MAX_MASK_PANELS) -> list[tuple[str, n
 
 
 def paired_run(
-    pipe, kwargs: dict, config: SparseAttentionConfig, seed: int, out_dir: Path, fps: int = 8, extra: dict | None = None
+    pipe, kwargs: dict, config: SparseAttentionConfig, seed: int, out_dir: Path, fps: int = 8, extra: dict | None = None,
+    judge=None,
 ) -> dict:
     """Dense run, then sparse run with the same seed; writes dense/sparse videos, masks.png and report.json.
 
     The dense run goes through the same hooks with `dense_steps` = all steps (bit-identical to the untouched
-    pipeline) so the attention time of both runs is measured the same way.
+    pipeline) so the attention time of both runs is measured the same way. `judge(frames) -> dict`, when given,
+    scores each video on its own (e.g. whether it shows the prompt); the report keeps both under `judged`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     steps = kwargs["num_inference_steps"]
@@ -124,6 +126,7 @@ def paired_run(
         "attention_time_s": {"dense": round(dense_attn, 3), "sparse": round(sparse_attn, 3)},
         "attention_speedup": round(dense_attn / sparse_attn, 3) if sparse_attn else None,
         "mask_picture": {"file": "masks.png", "panels": mask_names},
+        **({"judged": {"dense": judge(dense), "sparse": judge(sparse)}} if judge else {}),
         "config": config.to_dict(),
         "sparse_report": sparse_report,
     }

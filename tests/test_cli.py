@@ -239,3 +239,30 @@ def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
     assert "+ 1 ran dense\n" in out and "see report.json fallbacks" not in out
     assert ("attention calls run dense after the warm-up: 56 re-planned (kept-mass estimate below "
             "refresh_threshold); 5 fell back (density above break-even)") in out
+
+
+def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
+    """The trained demo scores both clips with `shapes.check_prompt`; the summary prints the verdicts."""
+    import torch
+    from sparse_diffusion.cli import _print_paired, _prompt_judge
+    from sparse_diffusion.pipelines import shapes
+
+    assert _prompt_judge("a dog on a beach") is None
+    spec = shapes.random_spec(torch.Generator().manual_seed(0))
+    clip = shapes.render(spec, 33, 64, 64).permute(1, 2, 3, 0).numpy()
+    judge = _prompt_judge(spec.prompt)
+    forward, backward = judge(clip), judge(clip[::-1].copy())
+    assert forward["follows_prompt"] and forward["moved_along"] == pytest.approx(spec.travel, abs=0.02)
+    assert not backward["follows_prompt"] and backward["moved_along"] < 0
+    report = {
+        "model": "m", "weights": "w", "dense_steps": 2, "sparse_steps": 3,
+        "sparse_report": {"dense_fallback_steps": 0, "planned_density": 0.3, "replans": {}, "fallbacks": []},
+        "quality": {"mean_psnr": 30.0, "mean_ssim": 0.9}, "density": 0.3, "effective_density": 0.3,
+        "end_to_end_speedup": 1.5, "wall_time_s": {"dense": 2.0, "sparse": 1.0},
+        "attention_time_s": {"dense": 1.0, "sparse": 0.5}, "timing_note": "n", "files": ["report.json"],
+        "judged": {"dense": forward, "sparse": backward},
+    }
+    _print_paired(report, tmp_path)
+    out = capsys.readouterr().out
+    assert "dense clip vs its prompt: colour match 1.00" in out and out.count("follows it") == 1
+    assert "sparse clip vs its prompt" in out and "does not follow it" in out
