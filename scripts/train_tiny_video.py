@@ -3,13 +3,19 @@
     python scripts/train_tiny_video.py --out pipelines/weights/tiny_wan_shapes
 
 Stages (seeded; same arguments and thread count give the same weights):
-1. VAE: ``AutoencoderKLWan`` (8x space, 4x time, 8 latent channels) on 9-frame 64x64 clips and crops of 128x128
-   clips; loss (MSE + 0.1 L1) with shape pixels weighted x10, + 1e-6 KL. Per-channel latent mean/std are then measured and stored in its config.
+1. VAE: ``AutoencoderKLWan`` (8x space, 4x time, ``--z-dim`` latent channels) on 64x64 clips of ``--vae-frames``
+   frames, half drawn at 64x64 and half cropped from 128x128 clips; loss (MSE + 0.1 L1) with shape pixels weighted
+   x10, + 1e-6 KL. Per-channel latent mean/std are then measured and stored in its config. Train on clips as long
+   as the videos you will decode: the causal VAE's feature caches reach back many frames, and a VAE trained on
+   9-frame clips lost the colour of every frame after the ninth. ``--decoder-only`` retrains the decoder alone,
+   which keeps the latent space (and a transformer trained on it) valid.
 2. Transformer: ``WanTransformer3DModel`` (patch 1x1x1, so 128x128x33 is 9*16*16 = 2304 tokens) trained with
    rectified-flow velocity loss (x_t = (1 - s) x0 + s noise, target noise - x0, s shifted by 3 as in inference),
    10% prompt dropout for CFG, AdamW + EMA; first on 64x64x33 clips (576 tokens), then on 128x128x33.
 The text encoder is the tiny random UMT5 of ``pipelines.tiny`` (frozen; its weights ship with the model).
-Writes the diffusers pipeline (fp16 safetensors), ``train_log.jsonl`` (loss curve) and ``preview.png``.
+Writes the diffusers pipeline (fp16 safetensors), ``train_log.jsonl`` (loss curve), ``preview.png`` and a prompt
+check (``pipelines.shapes.check_prompt`` on 19 prompts, logged). The shipped model's full recipe, a chain of
+continued runs, is in its MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -63,7 +69,8 @@ def parse_args():
         "--data-seed", type=int,
         help="seed of the training clips (default: --seed + 1); a new one gives a continued run fresh clips",
     )
-    p.add_argument("--eval-only", action="store_true", help="only redo OUT/preview.png and the logged prompt check")
+    p.add_argument("--eval-only", action="store_true", help="only redo OUT/preview.png and the logged prompt check "
+                   "of the pipeline saved in OUT")
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/loss_curve.png from OUT/train_log.jsonl")
     return p.parse_args()
 
@@ -225,8 +232,9 @@ PREVIEW_PROMPTS = ("a red circle moving right", "a blue square moving down", "a 
 
 @torch.no_grad()
 def preview(pipe, path: Path, seed: int, log):
-    """preview.png (frames 0, 4, .., 32 of the 4 PREVIEW_PROMPTS, one row each) and a prompt check of 15 prompts
-    (every 5th of ``shapes.all_prompts()``, 128x128x33, 20 steps, CFG 4), logged per prompt and in total."""
+    """preview.png (frames 0, 4, .., 32 of the 4 PREVIEW_PROMPTS, one row each) and a prompt check
+    (``shapes.check_prompt``) of 19 prompts: those 4 and every 5th of ``shapes.all_prompts()``; 128x128x33, 20 steps,
+    CFG 4, seed + prompt index; logged per prompt and in total."""
     import numpy as np
     from PIL import Image
     from sparse_diffusion.pipelines import shapes
