@@ -51,7 +51,8 @@ DEFAULT_POINTS: list[tuple[str, dict]] = [
         for thr in (0.9, 0.95)
     ],
     ("warm-up 50%, top-k 0.30", {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3}),
-    # the demo's config (cli.DEMO_CONFIG) and its neighbours, all with the mask fixed and complement caching
+    # the demo's config (cli.DEMO_CONFIG: warm-up 50%, top-k 0.40, 64-token blocks) and its neighbours, all with the
+    # mask fixed and complement caching
     ("warm-up 40%, top-k 0.40, complement cache, no re-planning",
      {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED}),
     ("warm-up 40%, top-k 0.40, complement cache, token tiles, no re-planning",
@@ -75,7 +76,7 @@ DEFAULT_POINTS: list[tuple[str, dict]] = [
 
 QUICK_POINTS = [p for p in DEFAULT_POINTS if p[0] in (
     "warm-up 25%, top-k 0.20", "warm-up 40%, top-k 0.30", "warm-up 40%, mass 0.90",
-    "warm-up 60%, top-k 0.40, complement cache, 64-token blocks + tiles (1,8,8), no re-planning",
+    "warm-up 50%, top-k 0.40, complement cache, 64-token blocks, no re-planning",  # cli.DEMO_CONFIG
 )]
 
 

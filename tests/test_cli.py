@@ -244,8 +244,9 @@ def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
 def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
     """The trained demo scores both clips with `shapes.check_prompt`; the summary prints the verdicts."""
     import torch
-    from sparse_diffusion.cli import _print_paired, _prompt_judge
     from sparse_diffusion.pipelines import shapes
+
+    from sparse_diffusion.cli import _print_paired, _prompt_judge
 
     assert _prompt_judge("a dog on a beach") is None
     spec = shapes.random_spec(torch.Generator().manual_seed(0))
