@@ -10,6 +10,7 @@ drawn with torch from a seeded ``torch.Generator``: a given seed always gives th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -135,23 +136,50 @@ class PromptCheck:
         return self.colour_match >= 0.5 and self.along >= 0.15 and abs(self.across) < self.along
 
 
-def check_prompt(video, prompt: str) -> PromptCheck:
-    """Measures whether ``video`` shows ``prompt`` (``"a <colour> <shape> moving <direction>"``).
-
-    ``video``: frames ``[F, H, W, 3]`` in [0, 1] (numpy or torch, what ``output_type="np"`` returns). A pixel is
-    foreground when a channel differs from the background by more than 0.25. The shape itself is not judged.
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """(colour, direction) named by a prompt such as ``"A red circle, moving left."`` (case and punctuation ignored).
 
     Raises:
-        ValueError: the prompt does not name a known colour and direction, or the video is not [F, H, W, 3].
+        ValueError: the prompt names no colour of ``COLOURS`` or no direction of ``DIRECTIONS``, or more than one.
     """
-    words = prompt.lower().split()
-    colour = next((w for w in words if w in COLOURS), None)
-    direction = next((w for w in words if w in DIRECTIONS), None)
-    if colour is None or direction is None:
-        raise ValueError(f"prompt {prompt!r} names no colour of {list(COLOURS)} or no direction of {list(DIRECTIONS)}")
-    v = torch.as_tensor(video).float()
-    if v.dim() != 4 or v.shape[-1] != 3:
-        raise ValueError(f"video must be [F, H, W, 3], got {tuple(v.shape)}")
+    words = re.findall(r"[a-z]+", prompt.lower())
+    colours = sorted({w for w in words if w in COLOURS})
+    directions = sorted({w for w in words if w in DIRECTIONS})
+    if len(colours) != 1 or len(directions) != 1:
+        raise ValueError(
+            f"prompt {prompt!r} must name exactly one colour of {list(COLOURS)} and one direction of "
+            f"{list(DIRECTIONS)}; it names {colours or 'no colour'} and {directions or 'no direction'}"
+        )
+    return colours[0], directions[0]
+
+
+def check_prompt(video, prompt: str) -> PromptCheck:
+    """Measures whether ``video`` shows ``prompt`` (``"a <colour> <shape> moving <direction>"``, see ``parse_prompt``).
+
+    ``video``: frames ``[F, H, W, 3]`` (numpy or torch, any device), float in [0, 1] (what ``output_type="np"``
+    returns) or uint8 in 0..255 (what ``media.read_frames`` returns). A pixel is foreground when a channel differs
+    from the background by more than 0.25. Motion is the foreground centroid's move from the first to the last frame
+    that has foreground, in fractions of the width (left/right) or height (up/down). The shape is not judged.
+
+    Raises:
+        ValueError: the prompt does not name one colour and one direction; the video is not [F, H, W, 3] with F >= 1,
+            holds NaN/inf, or float values outside [0, 1].
+    """
+    colour, direction = parse_prompt(prompt)
+    if hasattr(video, "__array_interface__") and not isinstance(video, torch.Tensor):
+        import numpy as np
+
+        video = np.ascontiguousarray(video)  # torch refuses negative strides (e.g. frames[::-1])
+    v = torch.as_tensor(video).detach().cpu()
+    if v.dim() != 4 or v.shape[-1] != 3 or v.shape[0] == 0:
+        raise ValueError(f"video must be [F, H, W, 3] with F >= 1, got {tuple(v.shape)}")
+    v = v.float() / 255.0 if v.dtype == torch.uint8 else v.float()
+    if not torch.isfinite(v).all():
+        raise ValueError("video holds NaN or inf values; a diverged generation cannot be judged")
+    if v.min() < -0.01 or v.max() > 1.01:
+        raise ValueError(
+            f"video values span [{float(v.min()):.3g}, {float(v.max()):.3g}]; give floats in [0, 1] or uint8 frames"
+        )
     frames, height, width = v.shape[:3]
     fg = (v - BACKGROUND).abs().amax(-1) > 0.25
     palette = torch.tensor(list(COLOURS.values()))
@@ -170,4 +198,4 @@ def check_prompt(video, prompt: str) -> PromptCheck:
         mx, my = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
         dx, dy = DIRECTIONS[direction]
         along, across = mx * dx + my * dy, mx * dy - my * dx
-    return PromptCheck(colour_match, along, across, float(fg.float().mean()))
+    return PromptCheck(colour_match, along + 0.0, across + 0.0, float(fg.float().mean()))  # + 0.0: no -0.0

@@ -35,6 +35,20 @@ from jsonl_log import JsonlLog as Log  # scripts/ is on sys.path when a script r
 SHIFT = 3.0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return value
+
+
+def _frames(text: str) -> int:
+    value = _positive(text)
+    if value % 4 != 1:
+        raise argparse.ArgumentTypeError(f"{text} frames: the Wan VAE needs 4k+1 (1, 5, 9, .., 33)")
+    return value
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -48,13 +62,13 @@ def parse_args():
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vae-base-dim", type=int, default=8, help="AutoencoderKLWan base_dim (channels of its first level)")
-    p.add_argument("--z-dim", type=int, default=8, help="latent channels of the VAE (and of the transformer's patches)")
+    p.add_argument("--vae-base-dim", type=_positive, default=8, help="AutoencoderKLWan base_dim (channels of its first level)")
+    p.add_argument("--z-dim", type=_positive, default=8, help="latent channels of the VAE (and of the transformer's patches)")
     p.add_argument("--resume-vae", action="store_true", help="reuse OUT/work/vae from an earlier run")
     p.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (resume with --resume-vae)")
     p.add_argument("--vae-init", type=Path, help="continue VAE training from this saved VAE folder")
-    p.add_argument("--vae-frames", type=int, default=33, help="frames per VAE training clip (4k+1; 33 = the demo's length)")
-    p.add_argument("--vae-batch", type=int, default=2, help="clips per VAE training step")
+    p.add_argument("--vae-frames", type=_frames, default=33, help="frames per VAE training clip (4k+1; 33 = the demo's length)")
+    p.add_argument("--vae-batch", type=_positive, default=2, help="clips per VAE training step")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="peak VAE learning rate")
     p.add_argument(
         "--decoder-only", action="store_true",
@@ -96,7 +110,7 @@ def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
 
 
 def vae_clips(gen, batch, frames):
-    """64x64 clips of ``frames`` frames: half drawn at 64x64, half cropped from 128x128 around the shape."""
+    """64x64 clips of ``frames`` frames, alternately drawn at 64x64 and cropped from 128x128 around the shape's path."""
     from sparse_diffusion.pipelines import shapes
 
     out = []
@@ -341,8 +355,14 @@ def main():
         for f in sorted(args.init_transformer.glob("*.safetensors")):
             saved.update(load_file(f))
         kept = {k: v.float() for k, v in saved.items() if k in own and own[k].shape == v.shape}
+        if not kept:
+            raise SystemExit(
+                f"--init-transformer {args.init_transformer}: no tensor matches this transformer (found "
+                f"{len(saved)} in *.safetensors there); give the saved WanTransformer3DModel folder, e.g. OUT/transformer"
+            )
         pipe.transformer.load_state_dict(kept, strict=False)
-        log(stage="init-transformer", loaded=len(kept), fresh=sorted(set(own) - set(kept)))
+        log(stage="init-transformer", loaded=len(kept), fresh=sorted(set(own) - set(kept)),
+            unused=sorted(set(saved) - set(kept)))
     stages = [(args.low_steps, args.low_clips, 64, 8), (args.high_steps, args.high_clips, 128, 2)]
     train_transformer(pipe, [s for s in stages if s[0] > 0], args, gen, log)
     pipe.transformer.to(torch.float16)

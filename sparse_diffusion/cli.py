@@ -167,8 +167,8 @@ def _print_paired(report: dict, out: Path) -> None:
     )
     if "judged" in report:
         for name, j in report["judged"].items():
-            print(f"{name} clip vs its prompt: colour match {j['colour_match']:.2f}, moved {j['moved_along']:+.2f} of "
-                  f"the frame along the prompted direction ({j['moved_across']:+.2f} across): "
+            print(f"{name} clip vs its prompt: {j['colour']} colour match {j['colour_match']:.2f}, moved "
+                  f"{j['moved_along']:+.2f} of the frame {j['direction']} ({j['moved_across']:+.2f} across): "
                   + ("follows it" if j["follows_prompt"] else "does not follow it"))
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
@@ -272,14 +272,16 @@ def _prompt_judge(prompt: str):
     `shapes.check_prompt` (colour match and motion along the prompted direction); None for other prompts."""
     from .pipelines import shapes
 
-    words = prompt.lower().split()
-    if not any(w in shapes.COLOURS for w in words) or not any(w in shapes.DIRECTIONS for w in words):
+    try:
+        colour, direction = shapes.parse_prompt(prompt)
+    except ValueError:
         return None
 
     def judge(frames) -> dict:
         check = shapes.check_prompt(frames, prompt)
-        return {"colour_match": round(check.colour_match, 3), "moved_along": round(check.along, 3),
-                "moved_across": round(check.across, 3), "follows_prompt": check.follows}
+        return {"colour": colour, "direction": direction, "colour_match": round(check.colour_match, 3),
+                "moved_along": round(check.along, 3) + 0.0, "moved_across": round(check.across, 3) + 0.0,
+                "follows_prompt": check.follows}
 
     return judge
 
@@ -453,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="dense vs sparse run of a small offline Wan-style video pipeline", formatter_class=fmt)
     demo.add_argument("--out", default="sparse-diffusion-demo", help="output folder")
-    demo.add_argument("--prompt", default=DEMO_PROMPT, help="text prompt")
+    demo.add_argument("--prompt", default=DEMO_PROMPT, help="text prompt; with the trained model, a prompt of the form "
+                      "'a <colour> <shape> moving <direction>' also gets a verdict on whether each clip shows it")
     demo.add_argument("--steps", type=_positive_int, default=20, help="denoising steps")
     demo.add_argument("--frames", type=_wan_frames, default=33, help="video frames, 4k+1 (Wan VAE)")
     demo.add_argument("--height", type=_wan_pixels, help="pixels, a multiple of 16 (default: 128 trained, 384 random)")

@@ -265,5 +265,6 @@ def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
     }
     _print_paired(report, tmp_path)
     out = capsys.readouterr().out
-    assert "dense clip vs its prompt: colour match 1.00" in out and out.count("follows it") == 1
+    assert f"dense clip vs its prompt: {spec.colour} colour match 1.00" in out and out.count("follows it") == 1
+    assert _prompt_judge("a red circle moving left, then up") is None  # two directions: not judged
     assert "sparse clip vs its prompt" in out and "does not follow it" in out

@@ -36,7 +36,26 @@ def test_reversed_recoloured_or_empty_clips_do_not_follow():
 
 def test_check_prompt_rejects_unknown_prompts_and_layouts():
     spec, video = _clip(1)
-    with pytest.raises(ValueError, match="names no colour"):
+    with pytest.raises(ValueError, match="no colour"):
         shapes.check_prompt(video, "a dog running")
+    with pytest.raises(ValueError, match=r"names \['blue', 'red'\]"):
+        shapes.check_prompt(video, "a red circle moving left past a blue one")
     with pytest.raises(ValueError, match=r"\[F, H, W, 3\]"):
         shapes.check_prompt(video.permute(3, 0, 1, 2), spec.prompt)
+    with pytest.raises(ValueError, match="F >= 1"):
+        shapes.check_prompt(video[:0], spec.prompt)
+    with pytest.raises(ValueError, match="NaN"):
+        shapes.check_prompt(torch.full_like(video, float("nan")), spec.prompt)
+    with pytest.raises(ValueError, match="uint8"):
+        shapes.check_prompt(video * 2 - 1, spec.prompt)  # [-1, 1] frames
+
+
+def test_check_prompt_reads_uint8_numpy_reversed_and_punctuated_input():
+    spec, video = _clip(2)
+    ref = shapes.check_prompt(video, spec.prompt)
+    as_uint8 = shapes.check_prompt((video * 255).round().to(torch.uint8).numpy(), spec.prompt)
+    assert as_uint8.follows and as_uint8.along == pytest.approx(ref.along, abs=0.01)
+    shouted = spec.prompt.upper().replace(" MOVING", ", moving") + "!"
+    assert shapes.check_prompt(video, shouted) == ref
+    backwards = shapes.check_prompt(video.numpy()[::-1], spec.prompt)  # negative strides
+    assert backwards.along == pytest.approx(-ref.along, abs=1e-6)
