@@ -182,8 +182,8 @@ def check_prompt(video, prompt: str) -> PromptCheck:
         )
     frames, height, width = v.shape[:3]
     fg = (v - BACKGROUND).abs().amax(-1) > 0.25
-    palette = torch.tensor(list(COLOURS.values()))
-    nearest = (v.unsqueeze(-2) - palette).norm(dim=-1).argmin(-1)
+    # nearest palette colour per pixel, one colour at a time (a [F, H, W, 6, 3] difference would be 6x the video)
+    nearest = torch.stack([((v - torch.tensor(c)) ** 2).sum(-1) for c in COLOURS.values()], -1).argmin(-1)
     match = nearest == list(COLOURS).index(colour)
     counts = fg.sum((1, 2))
     colour_match = float(((match & fg).sum((1, 2)) / counts.clamp(min=1)).mean())
