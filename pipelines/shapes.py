@@ -129,11 +129,19 @@ class PromptCheck:
     along: float  # foreground centroid displacement, first -> last frame, along the prompted direction
     across: float  # the same, perpendicular to it (signed)
     foreground: float  # mean share of pixels that differ from the background
+    max_step: float = 0.0  # largest centroid move between consecutive frames with foreground (a jump, not motion)
+    max_spread: float = 0.0  # largest per-frame RMS distance of the foreground from its centroid over that of a disc
+    # of the same area: 1.0 for a disc, about 1.02 for a square, 2.1 for two equal discs four radii apart
 
     @property
     def follows(self) -> bool:
-        """Right colour on most of the foreground, and a move of >= 0.15 canvas mostly in the prompted direction."""
-        return self.colour_match >= 0.5 and self.along >= 0.15 and abs(self.across) < self.along
+        """Right colour on most of the foreground, a move of >= 0.15 canvas mostly in the prompted direction, made
+        in steps of <= 0.08 canvas per frame by one compact object (spread <= 1.5): a copy that appears elsewhere
+        while the original fades is not motion."""
+        return (
+            self.colour_match >= 0.5 and self.along >= 0.15 and abs(self.across) < self.along
+            and self.max_step <= 0.08 and self.max_spread <= 1.5
+        )
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
@@ -159,7 +167,9 @@ def check_prompt(video, prompt: str) -> PromptCheck:
     ``video``: frames ``[F, H, W, 3]`` (numpy or torch, any device), float in [0, 1] (what ``output_type="np"``
     returns) or uint8 in 0..255 (what ``media.read_frames`` returns). A pixel is foreground when a channel differs
     from the background by more than 0.25. Motion is the foreground centroid's move from the first to the last frame
-    that has foreground, in fractions of the width (left/right) or height (up/down). The shape is not judged.
+    that has foreground, in fractions of the width (left/right) or height (up/down); the largest move between two
+    consecutive frames and the foreground's spread around its centroid flag jumps and duplicated objects. The shape
+    is not judged.
 
     Raises:
         ValueError: the prompt does not name one colour and one direction; the video is not [F, H, W, 3] with F >= 1,
@@ -190,12 +200,19 @@ def check_prompt(video, prompt: str) -> PromptCheck:
     ys = torch.arange(height, dtype=torch.float32).view(1, -1, 1) / height
     xs = torch.arange(width, dtype=torch.float32).view(1, 1, -1) / width
     seen = counts > 0
-    along = across = 0.0
-    if int(seen.sum()) >= 2:
+    along = across = max_step = max_spread = 0.0
+    if bool(seen.any()):
         w = fg.float()[seen]
-        cx = (w * xs).sum((1, 2)) / w.sum((1, 2))
-        cy = (w * ys).sum((1, 2)) / w.sum((1, 2))
-        mx, my = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
-        dx, dy = DIRECTIONS[direction]
-        along, across = mx * dx + my * dy, mx * dy - my * dx
-    return PromptCheck(colour_match, along + 0.0, across + 0.0, float(fg.float().mean()))  # + 0.0: no -0.0
+        total = w.sum((1, 2))
+        cx = (w * xs).sum((1, 2)) / total
+        cy = (w * ys).sum((1, 2)) / total
+        spread = ((w * ((xs - cx.view(-1, 1, 1)) ** 2 + (ys - cy.view(-1, 1, 1)) ** 2)).sum((1, 2)) / total).sqrt()
+        disc = (total / (height * width) / (2 * math.pi)).sqrt()  # RMS radius of a disc of the same area
+        max_spread = float((spread / disc).max())
+        if len(cx) >= 2:
+            mx, my = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
+            dx, dy = DIRECTIONS[direction]
+            along, across = mx * dx + my * dy, mx * dy - my * dx
+            max_step = float(torch.hypot(cx.diff(), cy.diff()).max())
+    # + 0.0: no -0.0
+    return PromptCheck(colour_match, along + 0.0, across + 0.0, float(fg.float().mean()), max_step, max_spread)

@@ -11,5 +11,5 @@ WAN = Adapter(
     text_position=None,
     denoiser_components=("transformer", "transformer_2"),
     video_grid=True,
-    token_layout="video tokens F x H x W (patch 1x2x2) in attn1; cross-attention attn2 to text stays dense",
+    token_layout="video tokens F x H x W (one per transformer patch, 1x2x2 in the released models) in attn1; cross-attention attn2 to text stays dense",
 )

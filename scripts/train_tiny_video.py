@@ -263,7 +263,8 @@ def preview(pipe, path: Path, seed: int, log):
         check = shapes.check_prompt(video, prompt)
         checks.append(check)
         log(stage="prompt-check", prompt=prompt, colour_match=round(check.colour_match, 3),
-            along=round(check.along, 3), across=round(check.across, 3), follows=check.follows)
+            along=round(check.along, 3), across=round(check.across, 3), max_step=round(check.max_step, 3),
+            max_spread=round(check.max_spread, 3), follows=check.follows)
     Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)).save(path)
     log(stage="prompt-check-total", prompts=len(checks), follows=sum(c.follows for c in checks),
         colour_match=round(float(np.mean([c.colour_match for c in checks])), 3),

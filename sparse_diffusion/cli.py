@@ -169,7 +169,9 @@ def _print_paired(report: dict, out: Path) -> None:
         for name, j in report["judged"].items():
             print(f"{name} clip vs its prompt: {j['colour']} colour match {j['colour_match']:.2f}, moved "
                   f"{j['moved_along']:+.2f} of the frame {j['direction']} ({j['moved_across']:+.2f} across): "
-                  + ("follows it" if j["follows_prompt"] else "does not follow it"))
+                  + ("follows it" if j["follows_prompt"] else "does not follow it")
+                  + (f" (jumps {j['largest_step']:.2f} of the frame in one step)" if j.get("largest_step", 0) > 0.08 else "")
+                  + (f" (spread {j['spread']:.1f}x a single disc: more than one object)" if j.get("spread", 0) > 1.5 else ""))
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
@@ -281,6 +283,7 @@ def _prompt_judge(prompt: str):
         check = shapes.check_prompt(frames, prompt)
         return {"colour": colour, "direction": direction, "colour_match": round(check.colour_match, 3),
                 "moved_along": round(check.along, 3) + 0.0, "moved_across": round(check.across, 3) + 0.0,
+                "largest_step": round(check.max_step, 3), "spread": round(check.max_spread, 3),
                 "follows_prompt": check.follows}
 
     return judge

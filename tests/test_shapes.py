@@ -34,6 +34,24 @@ def test_reversed_recoloured_or_empty_clips_do_not_follow():
     assert empty.foreground == 0.0 and empty.colour_match == 0.0 and not empty.follows
 
 
+def test_jumps_and_duplicated_objects_are_not_motion():
+    spec = shapes.ClipSpec("red", "circle", "right", (0.2, 0.5), 0.6)  # ends four radii from where it starts
+    video = shapes.render(spec, 33, 128, 128).permute(1, 2, 3, 0)
+    ref = shapes.check_prompt(video, spec.prompt)
+    assert ref.max_step < 0.02 and 0.95 < ref.max_spread < 1.15
+    # the object stays put, then a copy appears where it would have ended while the original fades out
+    start, end = video[:1].expand(16, -1, -1, -1), video[-1:].expand(17, -1, -1, -1)
+    both = torch.maximum(video[:1], video[-1:])  # two copies in one frame
+    jumped = torch.cat([start, end])
+    duplicated = torch.cat([start, both.expand(4, -1, -1, -1), end[:13]])
+    for fake in (jumped, duplicated):
+        check = shapes.check_prompt(fake, spec.prompt)
+        assert check.along == pytest.approx(ref.along, abs=0.01) and check.colour_match > 0.9
+        assert not check.follows
+    assert shapes.check_prompt(jumped, spec.prompt).max_step > 0.25
+    assert shapes.check_prompt(duplicated, spec.prompt).max_spread > 1.5
+
+
 def test_check_prompt_rejects_unknown_prompts_and_layouts():
     spec, video = _clip(1)
     with pytest.raises(ValueError, match="no colour"):
