@@ -121,6 +121,12 @@ def random_batch(gen: torch.Generator, batch: int, num_frames: int, height: int,
     return torch.stack([render(s, num_frames, height, width) for s in specs]), [s.prompt for s in specs]
 
 
+#: `PromptCheck.follows` bounds: the largest centroid move between two frames (fraction of the frame) and the
+#: foreground's spread against a disc of the same area, above which a clip shows a jump or more than one object.
+MAX_STEP = 0.08
+MAX_SPREAD = 1.5
+
+
 @dataclass(frozen=True)
 class PromptCheck:
     """How well a clip shows its prompt (see ``check_prompt``). Fractions of the canvas for motion."""
@@ -136,11 +142,11 @@ class PromptCheck:
     @property
     def follows(self) -> bool:
         """Right colour on most of the foreground, a move of >= 0.15 canvas mostly in the prompted direction, made
-        in steps of <= 0.08 canvas per frame by one compact object (spread <= 1.5): a copy that appears elsewhere
-        while the original fades is not motion."""
+        in steps of <= MAX_STEP canvas per frame by one compact object (spread <= MAX_SPREAD): a copy that appears
+        elsewhere while the original fades is not motion."""
         return (
             self.colour_match >= 0.5 and self.along >= 0.15 and abs(self.across) < self.along
-            and self.max_step <= 0.08 and self.max_spread <= 1.5
+            and self.max_step <= MAX_STEP and self.max_spread <= MAX_SPREAD
         )
 
 

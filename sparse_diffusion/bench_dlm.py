@@ -126,8 +126,9 @@ def _lengths(context_lengths) -> tuple[int, ...]:
     return tuple(_whole("context length", n) for n in context_lengths)
 
 
-def check_sizes(context_lengths: tuple[int, ...], gen_length: int, steps: int) -> None:
-    """Raise `SparseDiffusionError` naming what is wrong when `bench_dlm` cannot run these sizes."""
+def check_sizes(context_lengths: tuple[int, ...], gen_length: int, steps: int) -> tuple[int, ...]:
+    """The context lengths as a tuple of ints; raise `SparseDiffusionError` naming what is wrong when `bench_dlm`
+    cannot run these sizes."""
     context_lengths = _lengths(context_lengths)
     gen_length, steps = _whole("gen_length", gen_length, 0), _whole("steps", steps, 0)
     bad = [f"{name}={v} must be >= 1" for name, v in (("gen_length", gen_length), ("steps", steps)) if v < 1]
@@ -139,6 +140,7 @@ def check_sizes(context_lengths: tuple[int, ...], gen_length: int, steps: int) -
             f"context lengths {short} must exceed gen_length={gen_length} (the prompt is the rest); give longer "
             "contexts or a smaller gen_length."
         )
+    return context_lengths
 
 
 def bench_dlm(
@@ -179,8 +181,7 @@ def bench_dlm(
     """
     from .pipelines.tiny_dlm import build_tiny_masked_lm
 
-    check_sizes(context_lengths, gen_length, steps)
-    context_lengths = _lengths(context_lengths)
+    context_lengths = check_sizes(context_lengths, gen_length, steps)
     heads, head_dim, layers = _whole("heads", heads), _whole("head_dim", head_dim), _whole("layers", layers)
     kv_heads = heads if kv_heads is None else _whole("kv_heads", kv_heads)
     if isinstance(density, bool) or not isinstance(density, (int, float)):

@@ -166,12 +166,14 @@ def _print_paired(report: dict, out: Path) -> None:
         f"sparse {report['attention_time_s']['sparse']:.2f} s ({report['timing_note']})"
     )
     if "judged" in report:
+        from .pipelines.shapes import MAX_SPREAD, MAX_STEP
+
         for name, j in report["judged"].items():
             print(f"{name} clip vs its prompt: {j['colour']} colour match {j['colour_match']:.2f}, moved "
                   f"{j['moved_along']:+.2f} of the frame {j['direction']} ({j['moved_across']:+.2f} across): "
                   + ("follows it" if j["follows_prompt"] else "does not follow it")
-                  + (f" (jumps {j['largest_step']:.2f} of the frame in one step)" if j.get("largest_step", 0) > 0.08 else "")
-                  + (f" (spread {j['spread']:.1f}x a single disc: more than one object)" if j.get("spread", 0) > 1.5 else ""))
+                  + (f" (jumps {j['largest_step']:.2f} of the frame in one step)" if j.get("largest_step", 0) > MAX_STEP else "")
+                  + (f" (spread {j['spread']:.1f}x a single disc: more than one object)" if j.get("spread", 0) > MAX_SPREAD else ""))
     print("wrote " + ", ".join(str(out / name) for name in report["files"]))
 
 
