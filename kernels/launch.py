@@ -1,14 +1,20 @@
 """Launchers for the Triton kernels: input checks, allocation, grids, autotuning and `torch.library` custom ops.
 
-Autotuning: configs come from a generator plus a prune rule and are keyed on the head dim, the tile and a
-power-of-two bucket of the key length, so a new resolution reuses its bucket's choice instead of retuning.
-`SPARSE_DIFFUSION_TRITON_CONFIG="num_warps=4,num_stages=2"` pins one config. Under Triton's interpreter
-(`TRITON_INTERPRET=1`, CPU tensors) a single config runs and bf16 operands are cast to float32 before `tl.dot`
-(the interpreter's bf16 dot is wrong, triton-lang/triton#11584).
+Tiles: the kernels' tiles (BLOCK_M x BLOCK_N) may be smaller than the mask's blocks (MASK_BQ x MASK_BK); both are
+powers of two and a tile divides its block. Autotuning: `tile_configs` lists the candidates and `config_fits`
+prunes them (no register spills, shared memory within the device's limit; the rule is checked on every commit by
+compiling each kept config for sm_80 and sm_90, `tests/test_triton_aot.py`). Results are keyed on the head dim, the
+mask block and a power-of-two bucket of the key length, so a new resolution reuses its bucket's choice.
+`SPARSE_DIFFUSION_TRITON_CONFIG="block_m=128,block_n=64,num_warps=8,num_stages=3"` pins one config (block_m and
+block_n optional). On CUDA the kernels serve float16/bfloat16; float32 goes to flex or gather (the fp32 dots, exact
+or 3xTF32, spill registers in every tile). Under Triton's interpreter (`TRITON_INTERPRET=1`, CPU tensors) float32
+runs too, one config runs and bf16 operands are cast to float32 before `tl.dot` (the interpreter's bf16 dot is
+wrong, triton-lang/triton#11584).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -20,18 +26,17 @@ from ..errors import SparseDiffusionError
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
+_MAX_TILE = 256
 _CONFIG_ENV = "SPARSE_DIFFUSION_TRITON_CONFIG"
+_ELEMENT_BYTES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4}
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-_MAX_TILE = 256
-
-
 def not_supported_reasons(q: torch.Tensor, block_size: tuple[int, int] | None = None) -> list[str]:
-    """Why the Triton backend cannot serve a call on `q` with tiles `block_size` (empty list = it can)."""
+    """Why the Triton backend cannot serve a call on `q` with mask blocks `block_size` (empty list = it can)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -47,43 +52,217 @@ def not_supported_reasons(q: torch.Tensor, block_size: tuple[int, int] | None = 
         reasons.append(f"device {q.device.type} is not supported by the Triton kernels")
     if q.dtype not in _SUPPORTED_DTYPES:
         reasons.append(f"dtype {q.dtype} not supported (float16, bfloat16, float32)")
+    elif q.dtype == torch.float32 and q.device.type == "cuda":
+        reasons.append(
+            "float32 on CUDA is served by flex or gather (the kernel's fp32 dots, exact or 3xTF32, spill registers in "
+            "every tile); pass float16/bfloat16 for the Triton kernel"
+        )
     if q.shape[-1] > _MAX_HEAD_DIM:
         reasons.append(f"head dim {q.shape[-1]} > {_MAX_HEAD_DIM}")
     for side in block_size or ():
         if side < 16 or side > _MAX_TILE or side & (side - 1):
             reasons.append(f"block size {tuple(block_size)}: Triton tiles must be powers of two in [16, {_MAX_TILE}]")
             break
+    if not reasons and q.device.type == "cuda" and block_size and _override() is None:
+        arch, max_shared = _device_limits(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        for kind in ("sparse", "dense"):
+            if not kept_configs(kind, q.shape[-1], tuple(block_size), q.dtype, arch, max_shared):
+                reasons.append(
+                    f"no spill-free {kind} kernel config for mask blocks {tuple(block_size)} at head dim "
+                    f"{q.shape[-1]} on sm_{arch} ({max_shared} bytes of shared memory); use blocks of 32-256"
+                )
     return reasons
 
 
-def _configs():
+def padded_head_dim(d: int) -> int:
+    """The kernels' HEAD_DIM: `d` rounded up to a power of two, at least 16 (scale stays 1/sqrt(true D))."""
+    return max(16, 1 << (d - 1).bit_length())
+
+
+def kernel_constants(dtype: torch.dtype, d: int, block_size: tuple[int, int], interpret: bool) -> dict:
+    """The constexpr arguments both kernels take for `dtype`, true head dim `d` and mask blocks `block_size`."""
+    head_dim = padded_head_dim(d)
+    return dict(
+        MASK_BQ=int(block_size[0]), MASK_BK=int(block_size[1]), HEAD_D=d, HEAD_DIM=head_dim, EVEN_D=head_dim == d,
+        DOT_F32=interpret and dtype == torch.bfloat16,
+    )
+
+
+def shared_bytes(block_m: int, block_n: int, head_dim: int, num_stages: int, element_bytes: int, arch: int) -> int:
+    """Shared memory of one program (bytes), an upper estimate: a K and a V tile per pipeline stage, the Q tile on
+    sm_90 (wgmma reads it from shared memory) and a score tile for layout conversions. The AOT test checks that
+    Triton 3.9 allocates no more (plus `SHARED_SLACK`)."""
+    q_tile = block_m * head_dim if arch >= 90 else 0
+    return element_bytes * (num_stages * 2 * block_n * head_dim + q_tile + block_m * block_n)
+
+
+# Configs that compile without register spills for both sm_80 and sm_90 (fp16/bf16, Triton 3.9; measured by
+# compiling every candidate, `tests/test_triton_aot.py` re-checks the kept ones): padded head dim -> (BLOCK_M,
+# BLOCK_N, num_warps) -> most pipeline stages. Exact entries only: even 32x32 tiles spill in some stage counts. A
+# padded head dim (e.g. 40 -> 64: masked columns) uses the next table up.
+_SAFE = {
+    "sparse": {
+        64: {(32, 32, 4): 2, (64, 64, 4): 3, (64, 64, 8): 3, (64, 128, 8): 3, (128, 64, 4): 2, (128, 64, 8): 3,
+             (128, 128, 8): 3},
+        128: {(32, 32, 4): 3, (64, 64, 8): 3, (128, 64, 8): 2},
+        256: {(32, 32, 4): 3, (32, 64, 8): 3, (64, 32, 8): 3},
+    },
+    "dense": {
+        64: {(32, 32, 4): 3, (64, 64, 4): 3, (64, 64, 8): 3, (128, 64, 8): 3, (128, 128, 8): 2},
+        128: {(32, 32, 4): 3, (64, 64, 8): 3, (128, 64, 8): 2},
+        256: {(32, 32, 4): 2, (32, 32, 8): 2, (32, 64, 8): 3},
+    },
+}
+SHARED_SLACK = 1024  # bytes Triton may add to `shared_bytes` (reduction scratch)
+
+
+def table_dim(d: int) -> int:
+    """The `_SAFE` table serving true head dim `d`: its padded head dim, the next one up when padded."""
+    head_dim = padded_head_dim(d)
+    return max(64, head_dim if head_dim == d else min(256, 2 * head_dim))
+
+
+def max_stages(kind: str, block_m: int, block_n: int, num_warps: int, d: int) -> int:
+    """Most pipeline stages `kind` ("sparse" or "dense") compiles with, spill-free, for this tile at true head dim
+    `d` (0: none)."""
+    return _SAFE[kind][table_dim(d)].get((block_m, block_n, num_warps), 0)
+
+
+def config_fits(kind: str, block_m: int, block_n: int, num_warps: int, num_stages: int, d: int,
+                element_bytes: int, arch: int, max_shared: int) -> bool:
+    """Prune rule for true head dim `d`: the config compiles without register spills (`_SAFE`) and within
+    `max_shared` bytes of shared memory (`shared_bytes`)."""
+    return num_stages <= max_stages(kind, block_m, block_n, num_warps, d) and (
+        shared_bytes(block_m, block_n, padded_head_dim(d), num_stages, element_bytes, arch) + SHARED_SLACK <= max_shared
+    )
+
+
+def tile_configs() -> list[dict]:
+    """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) before pruning."""
+    return [
+        dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
+        for m in (16, 32, 64, 128) for n in (16, 32, 64, 128) for w in (4, 8) for s in (2, 3)
+    ]
+
+
+def tile_choices(mask_block: int, d: int) -> set[int]:
+    """Tiles tried for one side of a mask block: the block itself up to 64, else 64 and 128 (a tile divides it);
+    head dims above 128 use 32 and 64."""
+    sizes = (32, 64) if table_dim(d) > 128 else (64, 128)
+    return {min(mask_block, t) for t in sizes}
+
+
+def kept_configs(kind: str, d: int, block_size: tuple[int, int], dtype: torch.dtype, arch: int,
+                 max_shared: int) -> list[dict]:
+    """The candidates autotuning keeps for `kind` ("sparse"/"dense") at true head dim `d` on `sm_{arch}`."""
+    rows = {dense_block_m(block_size[0], d)} if kind == "dense" else tile_choices(block_size[0], d)
+    return [
+        c for c in tile_configs()
+        if c["BLOCK_M"] in rows and c["BLOCK_N"] in tile_choices(block_size[1], d)
+        and config_fits(kind, c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"], d,
+                        _ELEMENT_BYTES[dtype], arch, max_shared)
+    ]
+
+
+def dense_block_m(mask_bq: int, d: int) -> int:
+    """The dense-with-stats kernel's query tile at true head dim `d` (fixed: its per-tile mass buffer is sized by
+    it): 128 rows, 64 for a padded head dim, 32 above head dim 128."""
+    rows = 32 if table_dim(d) > 128 else 128 if padded_head_dim(d) == d else 64
+    return min(mask_bq, rows)
+
+
+def _override() -> dict | None:
+    text = os.environ.get(_CONFIG_ENV)
+    if not text:
+        return None
+    try:
+        fields = {key.strip(): int(value) for key, value in (item.split("=") for item in text.split(","))}
+        config = {"num_warps": fields.pop("num_warps"), "num_stages": fields.pop("num_stages")}
+        for key in ("block_m", "block_n"):
+            if key in fields:
+                config[key.upper()] = fields.pop(key)
+        if fields:
+            raise KeyError(sorted(fields))
+    except (KeyError, ValueError) as exc:
+        raise SparseDiffusionError(
+            f"{_CONFIG_ENV}={text!r} must look like 'num_warps=4,num_stages=2' (optionally block_m=..,block_n=..)."
+        ) from exc
+    return config
+
+
+def _configs(dense: bool = False):
+    """Autotune configs: the pinned one, the interpreter's single one (tiles from `_fixed_tiles`), or every
+    candidate (pruned at launch by `_prune`)."""
     import triton
 
-    override = os.environ.get(_CONFIG_ENV)
-    if override:
-        try:
-            fields = dict(item.split("=") for item in override.split(","))
-            return [triton.Config({}, num_warps=int(fields["num_warps"]), num_stages=int(fields["num_stages"]))]
-        except (KeyError, ValueError) as exc:
-            raise SparseDiffusionError(
-                f"{_CONFIG_ENV}={override!r} must look like 'num_warps=4,num_stages=2'."
-            ) from exc
+    pinned = _override()
+    if pinned:
+        return [triton.Config({}, num_warps=pinned["num_warps"], num_stages=pinned["num_stages"])]
     if interpreting():
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (1, 2, 3)]
-
-
-def _keep(configs, named_args, **kwargs):
-    """Prune: 8 warps only for tiles of at least 128 x 64; 3 stages only up to head dim 128."""
-    tile = kwargs["BLOCK_Q"] * kwargs["BLOCK_K"]
-    kept = [
-        c for c in configs
-        if (c.num_warps < 8 or tile >= 128 * 64) and (c.num_stages < 3 or kwargs["HEAD_DIM"] <= 128)
+    tiles = ("BLOCK_N",) if dense else ("BLOCK_M", "BLOCK_N")  # the dense kernel's BLOCK_M is the launcher's
+    unique = {tuple((k, c[k]) for k in (*tiles, "num_warps", "num_stages")) for c in tile_configs()}
+    return [
+        triton.Config({k: v for k, v in c if k in tiles}, num_warps=dict(c)["num_warps"], num_stages=dict(c)["num_stages"])
+        for c in sorted(unique)
     ]
-    return kept or configs[:1]
 
 
-_AUTOTUNE_KEY = ["HEAD_DIM", "BLOCK_Q", "BLOCK_K", "SEQ_BUCKET", "DOT_F32", "IEEE"]
+def _fixed_tiles(block_size: tuple[int, int], d: int, dense: bool) -> dict:
+    """Tiles the launcher passes itself: the pinned config's (default: the mask blocks) when a config is pinned or
+    under the interpreter; otherwise only the dense kernel's BLOCK_M (autotuning picks the rest).
+
+    Raises:
+        SparseDiffusionError: a pinned tile that does not divide the mask block.
+    """
+    pinned = _override()
+    if pinned is None and not interpreting():
+        return {"BLOCK_M": dense_block_m(block_size[0], d)} if dense else {}
+    pinned = pinned or {}
+    tiles = {"BLOCK_M": pinned.get("BLOCK_M", dense_block_m(block_size[0], d) if dense else block_size[0]),
+             "BLOCK_N": pinned.get("BLOCK_N", block_size[1])}
+    for (key, tile), block in zip(tiles.items(), block_size):
+        if tile < 16 or tile & (tile - 1) or block % tile:
+            raise SparseDiffusionError(
+                f"{_CONFIG_ENV}: {key.lower()}={tile} must be a power of two >= 16 dividing the mask block {block}."
+            )
+    return tiles
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(index: int) -> tuple[int, int]:
+    """(arch as major*10+minor, opt-in shared memory per block in bytes) of CUDA device `index`."""
+    import triton
+
+    major, minor = torch.cuda.get_device_capability(index)
+    props = triton.runtime.driver.active.utils.get_device_properties(index)
+    return major * 10 + minor, int(props["max_shared_mem"])
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep the autotune configs whose tiles are `tile_choices` of the mask blocks and that fit the device
+    (`config_fits`). Triton calls it only with several configs (not pinned, not interpreting)."""
+    bq, bk, head_dim, d = kwargs["MASK_BQ"], kwargs["MASK_BK"], kwargs["HEAD_DIM"], kwargs["HEAD_D"]
+    dense = "BLOCK_M" in kwargs
+    element = named_args["Q"].element_size()
+    arch, max_shared = _device_limits(named_args["Q"].device.index)
+    kept = []
+    for c in configs:
+        m = kwargs.get("BLOCK_M", c.kwargs.get("BLOCK_M"))
+        n = c.kwargs["BLOCK_N"]
+        if (m in tile_choices(bq, d) or dense) and n in tile_choices(bk, d) and config_fits(
+            "dense" if dense else "sparse", m, n, c.num_warps, c.num_stages, d, element, arch, max_shared
+        ):
+            kept.append(c)
+    if not kept:
+        raise SparseDiffusionError(
+            f"no Triton tile config fits mask blocks {(bq, bk)}, head dim {head_dim} on sm_{arch} "
+            f"({max_shared} bytes of shared memory); use smaller blocks or backend='flex'."
+        )
+    return kept
+
+
+_AUTOTUNE_KEY = ["HEAD_D", "MASK_BQ", "MASK_BK", "SEQ_BUCKET", "DOT_F32"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,60 +273,86 @@ def _kernels():
     from .block_sparse_fwd import _block_sparse_fwd_kernel
     from .dense_fwd import _dense_fwd_stats_kernel
 
-    def tune(kernel):
-        return triton.autotune(configs=_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _keep})(
-            kernel
-        )
+    def tune(kernel, dense):
+        return triton.autotune(
+            configs=_configs(dense), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune}
+        )(kernel)
 
-    return tune(_block_sparse_fwd_kernel), tune(_dense_fwd_stats_kernel)
+    return tune(_block_sparse_fwd_kernel, False), tune(_dense_fwd_stats_kernel, True)
 
 
-def _common(q: torch.Tensor, k: torch.Tensor, scale: float):
+def row_align(*tensors: torch.Tensor) -> int:
+    """Largest of 16, 8, 4, 2, 1 dividing every tensor's row stride (dim 2) and batch/head strides."""
+    strides = [s for t in tensors for s in t.stride()[:3]]
+    for align in (16, 8, 4, 2):
+        if all(s % align == 0 for s in strides):
+            return align
+    return 1
+
+
+def _common(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: tuple[int, int]) -> dict:
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]
-    head_dim = max(16, 1 << (d - 1).bit_length())  # pad to a power of two; scale stays 1/sqrt(true D)
-    dot_f32 = interpreting() and q.dtype == torch.bfloat16
-    ieee = q.dtype == torch.float32
     return dict(
-        H=h, GROUPS=h // hk, SEQ_Q=sq, SEQ_K=sk, HEAD_D=d, qk_scale=scale * 1.4426950408889634,
-        SEQ_BUCKET=max(1, sk).bit_length(), HEAD_DIM=head_dim, DOT_F32=dot_f32, IEEE=ieee,
+        H=h, GROUPS=h // hk, SEQ_Q=sq, SEQ_K=sk, qk_scale=scale * 1.4426950408889634,
+        SEQ_BUCKET=max(1, sk).bit_length(), **kernel_constants(q.dtype, d, block_size, interpreting()),
     )
 
 
-def _strides(t: torch.Tensor) -> tuple:
-    return tuple(t.stride())
+def _device(q: torch.Tensor):
+    """Launch on q's device, whatever the current device is."""
+    return torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext()
 
 
 def _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q: int, block_k: int, scale: float):
     kernel, _ = _kernels()
     b, h, sq, d = q.shape
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     num, idx = kv_num_blocks.expand(b, h, -1), kv_indices.expand(b, h, -1, -1)
-    grid = (math.ceil(sq / block_q), b * h)
-    kernel[grid](
-        q, k, v, out, lse, num, idx, seq_lens_k,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse), *_strides(num), *_strides(idx),
-        BLOCK_Q=block_q, BLOCK_K=block_k, **_common(q, k, scale),
-    )
+
+    def grid(meta):
+        return (triton_cdiv(sq, meta["BLOCK_M"]), b * h)
+
+    with _device(q):
+        kernel[grid](
+            q, k, v, out, lse, num, idx, seq_lens_k,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *num.stride(), *idx.stride(),
+            ROW_ALIGN=row_align(q, k, v, out), **_common(q, k, scale, (block_q, block_k)),
+            **_fixed_tiles((block_q, block_k), d, dense=False),
+        )
     return out, lse
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _dense_stats_impl(q, k, v, seq_lens_k, block_q: int, block_k: int, scale: float):
     _, kernel = _kernels()
     b, h, sq, d = q.shape
     sk = k.shape[2]
-    num_kb = math.ceil(sk / block_k)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    num_kb = triton_cdiv(sk, block_k)
+    fixed = _fixed_tiles((block_q, block_k), d, dense=True)
+    block_m = fixed["BLOCK_M"]
+    tiles = triton_cdiv(sq, block_m)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    mass = torch.empty(b, h, math.ceil(sq / block_q), num_kb, dtype=torch.float32, device=q.device)
-    grid = (math.ceil(sq / block_q), b * h)
-    kernel[grid](
-        q, k, v, out, lse, mass, seq_lens_k,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(lse), *_strides(mass),
-        NUM_KB=num_kb, BLOCK_Q=block_q, BLOCK_K=block_k, **_common(q, k, scale),
-    )
-    return out, lse, mass
+    mass_sum = torch.empty(b, h, tiles, num_kb, dtype=torch.float32, device=q.device)
+    with _device(q):
+        kernel[(tiles, b * h)](
+            q, k, v, out, lse, mass_sum, seq_lens_k,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *mass_sum.stride(),
+            NUM_KB=num_kb, ROW_ALIGN=row_align(q, k, v, out), **fixed, **_common(q, k, scale, (block_q, block_k)),
+        )
+    per_block = block_q // block_m  # query tiles per mask block: add them, then divide by the block's valid rows
+    qb = triton_cdiv(sq, block_q)
+    if per_block > 1:
+        mass_sum = torch.nn.functional.pad(mass_sum, (0, 0, 0, qb * per_block - tiles))
+        mass_sum = mass_sum.view(b, h, qb, per_block, num_kb).sum(3)
+    rows = torch.full((qb,), float(block_q), device=q.device)
+    rows[-1] = sq - (qb - 1) * block_q
+    return out, lse, (mass_sum / rows[:, None]).contiguous()
 
 
 @torch.library.custom_op("sparse_diffusion::block_sparse_fwd", mutates_args=())
@@ -155,14 +360,14 @@ def block_sparse_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
     seq_lens_k: torch.Tensor, block_q: int, block_k: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Custom op: block-sparse forward with valid keys `seq_lens_k` int32 [B]; (out [B, H, Sq, D] in q's dtype, LSE
-    float32 [B, H, Sq])."""
+    """Custom op: block-sparse forward; `kv_num_blocks` counts kept blocks starting below `seq_lens_k` (int32 [B]).
+    Returns (out [B, H, Sq, D] contiguous, q's dtype; LSE float32 [B, H, Sq])."""
     return _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q, block_k, scale)
 
 
 @block_sparse_fwd.register_fake
 def _(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q, block_k, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)  # contiguous, like the real op
 
 
 @torch.library.custom_op("sparse_diffusion::dense_fwd_stats", mutates_args=())
@@ -170,8 +375,8 @@ def dense_fwd_stats(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens_k: torch.Tensor, block_q: int, block_k: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Custom op: dense forward with valid keys `seq_lens_k` int32 [B]; (out, LSE float32 [B, H, Sq], block mass
-    float32 [B, H, QB, KB])."""
+    """Custom op: dense forward with valid keys `seq_lens_k` int32 [B]; (out contiguous, LSE float32 [B, H, Sq],
+    block mass float32 [B, H, QB, KB])."""
     return _dense_stats_impl(q, k, v, seq_lens_k, block_q, block_k, scale)
 
 
@@ -179,7 +384,7 @@ def dense_fwd_stats(
 def _(q, k, v, seq_lens_k, block_q, block_k, scale):
     b, h, sq, _ = q.shape
     qb, kb = -(-sq // block_q), -(-k.shape[2] // block_k)
-    return torch.empty_like(q), q.new_empty((b, h, sq), dtype=torch.float32), q.new_empty((b, h, qb, kb), dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty((b, h, sq), dtype=torch.float32), q.new_empty((b, h, qb, kb), dtype=torch.float32)
 
 
 def _check(q: torch.Tensor, block_size: tuple[int, int]) -> None:
@@ -195,18 +400,28 @@ def _seq_lens(q: torch.Tensor, k: torch.Tensor, seq_lens_k: torch.Tensor | None)
     return seq_lens_k.to(device=q.device, dtype=torch.int32).contiguous()
 
 
+def valid_block_counts(num: torch.Tensor, idx: torch.Tensor, seq_lens_k: torch.Tensor, block_k: int) -> torch.Tensor:
+    """Kept blocks per row that start below the batch element's valid keys, int32 [B, H, QB] (indices ascend, so
+    those are a prefix of the row's `kv_indices`); computed on the device, no sync."""
+    kept = torch.arange(idx.shape[-1], device=idx.device) < num[..., None]
+    starts = idx.to(torch.int64) * block_k < seq_lens_k.to(torch.int64).view(-1, 1, 1, 1)
+    return (kept & starts).sum(-1, dtype=torch.int32)
+
+
 def block_sparse_attention(q, k, v, mask, scale: float, seq_lens_k=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the block-sparse kernel (inputs already validated by `ops`); tiles = `mask.block_size`; `seq_lens_k`
-    int32 [B] or None (all keys valid)."""
+    """Launch the block-sparse kernel (inputs already validated by `ops`); `seq_lens_k` int32 [B] or None (all keys
+    valid). Returns (out contiguous [B, H, Sq, D], LSE float32 [B, H, Sq])."""
     _check(q, mask.block_size)
     num = mask.kv_num_blocks.to(device=q.device, dtype=torch.int32)
     idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
+    if seq_lens_k is not None:
+        num = valid_block_counts(num, idx, seq_lens_k, mask.block_size[1])
     lens = _seq_lens(q, k, seq_lens_k)
     return block_sparse_fwd(q, k, v, num, idx, lens, mask.block_size[0], mask.block_size[1], float(scale))
 
 
 def dense_attention_with_stats(q, k, v, block_size: tuple[int, int], scale: float, seq_lens_k=None):
-    """Launch the dense-with-mass kernel; tiles = `block_size`; `seq_lens_k` int32 [B] or None."""
+    """Launch the dense-with-mass kernel; mask blocks `block_size`; `seq_lens_k` int32 [B] or None."""
     _check(q, block_size)
     lens = _seq_lens(q, k, seq_lens_k)
     return dense_fwd_stats(q, k, v, lens, int(block_size[0]), int(block_size[1]), float(scale))

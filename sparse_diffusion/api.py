@@ -13,7 +13,8 @@ from .config import SparseAttentionConfig
 from .controller import SparseController
 from .errors import SparseDiffusionError
 from .hooks import install_hooks, remove_hooks
-from .pipelines import Adapter, get_adapter
+from .pipelines.base import Adapter
+from .pipelines.registry import get_adapter
 from .report import build_report, format_report
 
 

@@ -256,6 +256,8 @@ def _chunked_dense_with_stats(
         row_mass = probs[..., : full * bk].unflatten(-1, (full, bk)).sum(-1)  # a view: no copy of the scores
         if full < kb:
             row_mass = torch.cat([row_mass, probs[..., full * bk :].sum(-1, keepdim=True)], dim=-1)
+        if fused:  # the fused kernel's LSE is not that of these fp32 scores (bf16/fp16 inputs): rows sum to 1 exactly
+            row_mass = row_mass / row_mass.sum(-1, keepdim=True)
         nq = num_blocks(r, bq)
         row_mass = F.pad(row_mass, (0, 0, 0, nq * bq - r)).reshape(b, h, nq, bq, kb).sum(3)
         rows = block_lengths(r, bq, dtype=row_mass.dtype, device=q.device)

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import ops
+from . import backend_health, ops
 from .block_mask import BlockSparseMask, num_blocks
 from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
@@ -164,6 +164,7 @@ class SparseController:
         self._explicit_call = False
         self._dense_error: SparseDiffusionError | None = None
         self._forwards_this_step: Counter = Counter()
+        self._pending_checks: list = []  # (plan key, finite flag, kept-mass estimate) on the GPU, per forward
         self.plans.clear()
 
     def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
@@ -206,6 +207,7 @@ class SparseController:
                 or (timestep != self.last_t and exhausted)
             )
             next_step = timestep != self.last_t
+        self._resolve_checks()  # a forward that ended without end_forward (an exception in between)
         if new_call:
             self._start_call()
         elif next_step:
@@ -221,6 +223,7 @@ class SparseController:
         self.grid = grid
 
     def end_forward(self) -> None:
+        self._resolve_checks()
         self.context = None
 
     @property
@@ -387,6 +390,10 @@ class SparseController:
             q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend),
             seq_lens_k=seq_lens_k, allowed=allowed,
         )
+        if backend_health.disabled_reason(backend):  # it failed in the stats pass: `auto` takes the next one
+            backend = ops.choose_sparse_backend(
+                q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
+            )
         sq, sk = q.shape[2], k.shape[2]
         if self.config.sparsed_selection:
             mask = self._plan_sparsed(mass, q, k, v, scale)
@@ -453,28 +460,80 @@ class SparseController:
             for p in self.plans.values() if p.complement is not None
         )
 
+    def _rebind(self, plan: LayerPlan, q: torch.Tensor, stats: LayerStats) -> None:
+        """The plan's backend was disabled after a failure: with `backend="auto"` serve it with the next one (the
+        break-even density of the new backend applies); a forced backend keeps failing into the dense fallback."""
+        failed = backend_health.disabled_reason(plan.backend)
+        if failed is None or self.config.backend != "auto":
+            return
+        old = plan.backend
+        plan.backend = ops.choose_sparse_backend(
+            q, "auto", need_lse=True, block_size=self.config.block_size, varlen=plan.seq_lens_k is not None
+        )
+        stats.fallbacks[f"backend {old} disabled after it failed ({failed}); served by {plan.backend}"] += 1
+        limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[plan.backend]
+        if plan.dense_reason is None and float(plan.head_density.mean()) > limit:
+            plan.dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {plan.backend}; ran dense"
+
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]
+        self._rebind(plan, q, stats)
         if plan.dense_reason:
             stats.fallbacks[plan.dense_reason] += 1
             return dense_fn(), False
-        out, lse = ops.block_sparse_attention(
-            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
-        )
+        try:
+            out, lse = self._kept_attention(q, k, v, plan, scale)
+        except SparseDiffusionError:  # the backend failed now: rebind once and retry, else the caller runs dense
+            if backend_health.disabled_reason(plan.backend) is None or self.config.backend != "auto":
+                raise
+            self._rebind(plan, q, stats)
+            if plan.dense_reason:
+                stats.fallbacks[plan.dense_reason] += 1
+                return dense_fn(), False
+            out, lse = self._kept_attention(q, k, v, plan, scale)
         stats.backends[plan.backend] += 1
-        if not torch.isfinite(out).all():
+        finite = torch.isfinite(out).all()
+        if not out.is_cuda and not finite:
             stats.fallbacks["non-finite sparse output; recomputed dense"] += 1
             return dense_fn(), False
         stats.head_density_sum = _add(stats.head_density_sum, plan.head_density)
         if plan.complement is not None:
             out = self._merge_complement(plan, out, lse)
+        kept = None
         if lse is not None:
             estimate = torch.exp(lse - plan.lse).mean(-1)  # [B, H]
             stats.head_kept_mass_sum = _add(stats.head_kept_mass_sum, estimate.mean(0))
             stats.sparse_calls_with_lse += 1
-            if self.config.refresh_threshold > 0 and float(estimate.mean()) < self.config.refresh_threshold:
-                plan.refresh = True
+            kept = estimate.mean()
+        if out.is_cuda:  # no host sync per call: checked once at the end of the forward (`_resolve_checks`)
+            self._pending_checks.append((key, finite, kept))
+        elif kept is not None and self.config.refresh_threshold > 0 and float(kept) < self.config.refresh_threshold:
+            plan.refresh = True
         return out, True
+
+    def _kept_attention(self, q, k, v, plan: LayerPlan, scale) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return ops.block_sparse_attention(
+            q, k, v, plan.mask, scale=scale, backend=plan.backend, validate_mask=False, seq_lens_k=plan.seq_lens_k
+        )
+
+    def _resolve_checks(self) -> None:
+        """GPU: read this forward's deferred checks in one sync. A non-finite sparse output sends the layer's later
+        calls to dense (reported); a kept-mass estimate below `refresh_threshold` re-plans at the next step."""
+        pending, self._pending_checks = self._pending_checks, []
+        if not pending:
+            return
+        nan = torch.tensor(float("nan"))
+        flags = torch.stack([torch.stack([f.float(), (nan.to(f.device) if m is None else m.float())]) for _, f, m in pending])
+        for (key, _, _), (finite, kept) in zip(pending, flags.cpu().tolist()):
+            plan = self.plans.get(key)
+            if plan is None:
+                continue
+            if not finite:
+                reason = "non-finite sparse output (found after the forward); later calls of this layer ran dense"
+                plan.dense_reason = plan.dense_reason or reason
+                self.stats[key[1]].fallbacks[reason] += 1
+            elif kept == kept and self.config.refresh_threshold > 0 and kept < self.config.refresh_threshold:
+                plan.refresh = True
 
     def _count_full_call(self, layer: str) -> None:
         """A call that ran the original attention outside `attention()`: full work once past the warm-up."""

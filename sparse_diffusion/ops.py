@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import backends, cpu_kernel, reference
+from . import backend_health, backends, cpu_kernel, reference
 from .block_mask import BlockSparseMask, normalize_block_size, num_blocks
 from .config import BACKENDS
 from .errors import SparseDiffusionError
@@ -170,12 +170,19 @@ _SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool, tuple[int, int] | None,
 }
 
 
+def _reasons(name: str, q: torch.Tensor, need_lse: bool, block_size, varlen: bool) -> list[str]:
+    failed = backend_health.disabled_reason(name)
+    if failed:
+        return [f"disabled after it failed on this machine: {failed}"]
+    return _SPARSE_REASONS[name](q, need_lse, block_size, varlen)
+
+
 def sparse_backend_reasons(
     q: torch.Tensor, need_lse: bool = True, block_size: tuple[int, int] | None = None, varlen: bool = False
 ) -> dict[str, list[str]]:
     """Why each backend cannot serve a block-sparse call on `q` with tiles `block_size` (empty list = it can);
-    `varlen`: the call passes `seq_lens_k`."""
-    return {name: fn(q, need_lse, block_size, varlen) for name, fn in _SPARSE_REASONS.items()}
+    `varlen`: the call passes `seq_lens_k`. A backend disabled after a failure (`backend_health`) says so."""
+    return {name: _reasons(name, q, need_lse, block_size, varlen) for name in _SPARSE_REASONS}
 
 
 def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
@@ -199,13 +206,13 @@ def choose_sparse_backend(
     if backend not in BACKENDS:
         raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
     if backend != "auto":
-        reasons = _SPARSE_REASONS[backend](q, need_lse, block_size, varlen)
+        reasons = _reasons(backend, q, need_lse, block_size, varlen)
         if reasons:
             raise SparseDiffusionError(f"backend {backend!r} cannot serve this call: {'; '.join(reasons)}.")
         return backend
     skipped = {}
     for name in _auto_order(q, need_lse):
-        reasons = _SPARSE_REASONS[name](q, need_lse, block_size, varlen)
+        reasons = _reasons(name, q, need_lse, block_size, varlen)
         if not reasons:
             if skipped:
                 logger.debug("auto backend %s; skipped %s", name, skipped)
@@ -266,8 +273,27 @@ def block_sparse_attention(
         mask.validate()
     lens = check_seq_lens_k(seq_lens_k, q, k, check_values=validate_mask)
     q, k, v = _last_dim_contiguous(q, k, v)
-    name = choose_sparse_backend(q, backend, need_lse=return_lse, block_size=mask.block_size, varlen=lens is not None)
     s = _scale(q, scale)
+    while True:
+        name = choose_sparse_backend(q, backend, need_lse=return_lse, block_size=mask.block_size, varlen=lens is not None)
+        try:
+            out, lse = _run_sparse(name, q, k, v, mask, s, lens, return_lse)
+        except SparseDiffusionError:
+            raise
+        except Exception as exc:  # a kernel that fails to build or launch: disabled once, then the next backend
+            if name == "reference":
+                raise
+            reason = backend_health.disable(name, exc)
+            if backend != "auto":
+                raise SparseDiffusionError(
+                    f"backend {name!r} failed ({reason}) and is now disabled for this process; use backend='auto' "
+                    "or another backend."
+                ) from exc
+            continue
+        return out, (lse if return_lse else None)
+
+
+def _run_sparse(name, q, k, v, mask, s, lens, return_lse) -> tuple[torch.Tensor, torch.Tensor | None]:
     if name == "gather":
         out, lse = backends.gather_block_sparse(q, k, v, mask, s, lens)
     elif name == "flex":
@@ -283,7 +309,7 @@ def block_sparse_attention(
             q, k, v, mask, scale=s, compute_dtype=torch.float32, seq_lens_k=lens
         )
         out = out.to(q.dtype)
-    return out, (lse if return_lse else None)
+    return out, lse
 
 
 def dense_attention_with_stats(
@@ -331,14 +357,23 @@ def dense_attention_with_stats(
         if backend == "triton":
             raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
     if backend == "triton" or (
-        backend == "auto" and allowed is None and q.device.type == "cuda" and not _triton_reasons(q, True, bs)
+        backend == "auto" and allowed is None and q.device.type == "cuda" and not _reasons("triton", q, True, bs, False)
     ):
-        reasons = _triton_reasons(q, True, bs)
+        reasons = _reasons("triton", q, True, bs, False)
         if reasons:
             raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
         from .kernels import launch
 
-        return launch.dense_attention_with_stats(q, k, v, bs, s, lens)
+        try:
+            return launch.dense_attention_with_stats(q, k, v, bs, s, lens)
+        except SparseDiffusionError:
+            raise
+        except Exception as exc:  # disabled once; `auto` continues with the chunked PyTorch pass
+            reason = backend_health.disable("triton", exc)
+            if backend == "triton":
+                raise SparseDiffusionError(
+                    f"backend 'triton' failed ({reason}) and is now disabled for this process; use backend='auto'."
+                ) from exc
     if backend == "reference":
         out, lse, mass = reference.dense_attention_with_stats_reference(
             q, k, v, bs, scale=s, seq_lens_k=lens, allowed=allowed

@@ -6,6 +6,7 @@ from collections import Counter
 
 import torch
 
+from . import backend_health
 from .controller import SparseController
 
 
@@ -38,7 +39,8 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
     the build), `build_kept_mass` (exact kept mass at the build step), `calls` and `attention_time_s` per phase
     (`dense` warm-up, `build`, `sparse`, `fallback` = sparse-phase calls that ran dense; seconds of wall time inside
     intercepted attention), `complement_cache_mib` (peak memory of cached complements, `cache_complement`),
-    `replans`, `backends`, `fallbacks` and `passthrough` (layer, reason, count), and
+    `replans`, `backends`, `fallbacks` and `passthrough` (layer, reason, count), `disabled_backends` (backends
+    switched off in this process after a kernel failed: name -> error), and
     `layers` with the same figures per layer and per head.
     """
     calls, times, replans, backends = Counter(), Counter(), Counter(), Counter()
@@ -114,6 +116,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         "replans": dict(replans),
         "backends": dict(backends),
         "fallbacks": fallbacks,
+        "disabled_backends": backend_health.disabled(),
         "passthrough": [
             {"layer": key.split(": ", 1)[0], "reason": key.split(": ", 1)[1], "count": c}
             for key, c in controller.passthrough.items()

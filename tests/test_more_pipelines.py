@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from pipeline_helpers import run_pipeline, spy_attention
-from sparse_diffusion.pipelines import ADAPTERS, get_adapter
+from sparse_diffusion.pipelines.registry import ADAPTERS, get_adapter
 from sparse_diffusion.pipelines.tiny import (
     TINY_BUILDERS,
     build_tiny_qwenimage_pipeline,

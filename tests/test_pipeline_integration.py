@@ -489,7 +489,7 @@ def _record_layout(controller) -> list:
 def test_key_padding_masks_run_sparse_with_per_sample_lengths(text_first):
     """Padded text keys, one length for the batch or one per sample, text last or first: the masked calls run
     sparse (padded keys moved to the end, cut, and excluded per sample) and keep-all masks match the dense output."""
-    from sparse_diffusion.pipelines import Adapter
+    from sparse_diffusion.pipelines.base import Adapter
 
     toy = _ToyDenoiser(text_first).eval()
     position = "first" if text_first else "last"
@@ -572,7 +572,7 @@ def test_few_step_schedules_count_dense_steps_in_steps(pipes, steps, dense_steps
 
 
 def test_complement_cache_restores_the_dense_output_when_inputs_repeat():
-    from sparse_diffusion.pipelines import Adapter
+    from sparse_diffusion.pipelines.base import Adapter
 
     toy = _ToyDenoiser().eval()  # q/k/v do not depend on the timestep: every step sees the build step's inputs
     adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position="last")

@@ -219,3 +219,41 @@ def test_large_shapes_on_gpu_match_flex(dtype):
     ref, ref_lse = ops.block_sparse_attention(q.float(), k.float(), v.float(), mask, backend="flex")
     assert float((out.float() - ref).abs().max()) <= 2 * float((flex.float() - ref).abs().max()) + 1e-3
     assert float((lse - ref_lse).abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("lens", [None, [70, 128]])
+def test_kernel_tiles_smaller_than_mask_blocks_match_float64(monkeypatch, poisoned, lens):
+    """A 64x64 mask block served by 32-row query tiles and 16-wide key tiles (the GPU autotuner may pick tiles
+    below the mask's blocks): same result as the float64 reference, for both kernels, with key padding."""
+    monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "num_warps=4,num_stages=1,block_m=32,block_n=16")
+    q, k, v = _inputs(2, 2, 1, 128, 128, 40, torch.float32, True)
+    mask = _mask(2, 2, 128, 128, (64, 64), seed=5)
+    seq = None if lens is None else torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+    out, lse = ops.block_sparse_attention(q, k, v, mask, backend="triton", seq_lens_k=seq)
+    ref, ref_lse = block_sparse_attention_reference(q, k, v, mask, seq_lens_k=seq)
+    assert float((out.double() - ref).abs().max()) < 1e-5
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    dense_out, dense_lse, mass = ops.dense_attention_with_stats(q, k, v, 64, backend="triton", seq_lens_k=seq)
+    ref_out, ref_dlse, ref_mass = dense_attention_with_stats_reference(q, k, v, (64, 64), seq_lens_k=seq)
+    assert float((dense_out.double() - ref_out).abs().max()) < 1e-5
+    assert float((mass.double() - ref_mass).abs().max()) < 1e-6
+    monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "num_warps=4,num_stages=1,block_n=48")
+    with pytest.raises(Exception, match="block_n=48 must be a power of two"):
+        ops.block_sparse_attention(q, k, v, mask, backend="triton")
+
+
+def test_fake_kernels_report_the_real_strides_for_permuted_inputs():
+    """diffusers hands permuted [B, S, H, D] views: the fake (meta) kernels must give the real, contiguous output
+    strides, or torch.compile/Inductor miscompiles around the op (opcheck's fake-tensor test)."""
+    q, k, v = _inputs(1, 2, 2, 64, 64, 32, torch.float32, True)
+    assert not q.is_contiguous()
+    mask = _mask(1, 2, 64, 64, (32, 32), seed=1)
+    lens = torch.tensor([64], dtype=torch.int32, device=DEVICE)
+    out, _ = torch.ops.sparse_diffusion.block_sparse_fwd(q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.2)
+    assert out.is_contiguous()
+    for op, args in [
+        (torch.ops.sparse_diffusion.block_sparse_fwd.default,
+         (q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.2)),
+        (torch.ops.sparse_diffusion.dense_fwd_stats.default, (q, k, v, lens, 32, 32, 0.2)),
+    ]:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

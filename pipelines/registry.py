@@ -1,4 +1,4 @@
-"""Per-model knowledge: adapters for supported denoiser families and builders of tiny offline pipelines."""
+"""Adapter registry: the supported denoiser families, the generic fallback and the class -> adapter lookup."""
 
 from __future__ import annotations
 
