@@ -265,7 +265,9 @@ def block_sparse_attention(
         out = (s - lse[..., None]).exp().nan_to_num() @ v.repeat_interleave(H // HK, 1)
 
     Raises:
-        SparseDiffusionError: shapes/dtypes/devices disagree, the mask does not fit, or a forced backend cannot serve.
+        SparseDiffusionError: shapes/dtypes/devices disagree, the mask does not fit, or a forced backend cannot serve
+            (or failed: a kernel that fails to build or launch disables its backend for the process with one
+            `backend_health.BackendFailureWarning`; `auto` then serves with the next backend).
     """
     check_qkv(q, k, v)
     _check_mask(q, k, mask)
