@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .block_mask import normalize_block_size
 from .config import SparseAttentionConfig
 from .controller import SparseController
 from .errors import SparseDiffusionError
@@ -126,9 +127,8 @@ class SparseHandle:
     def __enter__(self) -> "SparseHandle":
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.remove()
-        return False
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"{len(self.controller.layer_names)} layers"
@@ -178,7 +178,8 @@ def _unmark_call_starts(pipe: Any, adapter: Adapter) -> None:
 def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionConfig) -> None:
     """Refuse, before any step runs, a forced backend that can never serve this denoiser's device and dtype; on CPU
     also compile the native kernel now (first use only) rather than inside the first sparse step."""
-    from . import cpu_kernel, ops
+    from . import ops
+    from .kernels.cpu import launch as cpu_kernel
 
     param = next(denoiser.parameters(), None)
     if param is None:
@@ -188,7 +189,8 @@ def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionC
     if config.backend == "auto":
         return
     probe = torch.empty(1, 1, 1, 64, dtype=param.dtype if param.dtype.is_floating_point else torch.float32, device=param.device)
-    reasons = ops.sparse_backend_reasons(probe, need_lse=True, block_size=config.block_size)[config.backend]
+    block = normalize_block_size(config.block_size, low=16, high=512)
+    reasons = ops.sparse_backend_reasons(probe, need_lse=True, block_size=block)[config.backend]
     if reasons:
         raise SparseDiffusionError(
             f"backend={config.backend!r} cannot serve {type(denoiser).__name__} on {param.device} ({param.dtype}): "
@@ -290,8 +292,8 @@ def accelerate_pipeline(
     """
     if config is not None:  # a bad config fails before the model is inspected
         _make_config(config, overrides)
-    found = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2", "model")}
-    found = {name: module for name, module in found.items() if isinstance(module, torch.nn.Module)}
+    attrs = {name: getattr(pipe, name, None) for name in ("transformer", "transformer_2", "model")}
+    found: dict[str, torch.nn.Module] = {n: m for n, m in attrs.items() if isinstance(m, torch.nn.Module)}
     if not found:
         raise SparseDiffusionError(
             f"{type(pipe).__name__} has no `transformer` (or `model`) denoiser; for a UNet or a bare model use "

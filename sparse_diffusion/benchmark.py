@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import dispatch, ops
 from .block_mask import BlockSparseMask, block_lengths, num_blocks
 from .errors import SparseDiffusionError
 from .reference import attention_reference
@@ -21,7 +21,7 @@ from .reference import attention_reference
 
 logger = logging.getLogger(__name__)
 
-SPARSE_BACKENDS = ("triton", "cpu", "flex", "gather", "reference")
+SPARSE_BACKENDS = tuple(dispatch.REGISTRY)
 # Rows that are not sparse backends: dense SDPA (the baseline), FlashAttention (CUDA, where installed) and the build
 # step's dense attention with LSE and per-tile mass (`ops.dense_attention_with_stats`, auto backend).
 OTHER_ROWS = ("dense", "flash_attn", "build")

@@ -195,29 +195,11 @@ def _write_json(path: str | None, result: dict) -> None:
         Path(path).write_text(json.dumps(result, indent=2))
 
 
-def _cpu_kernel_cached() -> bool:
-    """Whether the native CPU kernel is loaded or built already (no compile). Mirrors the build folder name of
-    `cpu_kernel._module` (torch's cpp_extension folder, one per source digest)."""
-    import hashlib
-
-    from . import cpu_kernel
-
-    if cpu_kernel._module.cache_info().currsize:
-        return True
-    try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        name = f"sparse_diffusion_cpu_kernel_{hashlib.sha1(cpu_kernel._SOURCE.encode()).hexdigest()[:12]}"
-        return (Path(_get_build_directory(name, False)) / f"{name}.so").is_file()
-    except Exception:  # a private torch helper: when it moves, say the build may take a while
-        return False
-
-
 def _prepare_cpu_kernel() -> None:
     """Load (or build) the native CPU kernel; call after the arguments are validated."""
-    from . import cpu_kernel
+    from .kernels.cpu import launch as cpu_kernel
 
-    if not _cpu_kernel_cached():
+    if not cpu_kernel.is_built():
         print("preparing the native CPU kernel (compiled on first use, about 30 s; cached afterwards)", flush=True)
     error = cpu_kernel.build_error()
     if error:

@@ -17,7 +17,6 @@ from .errors import SparseDiffusionError
 logger = logging.getLogger(__name__)
 
 POLICIES = ("mass", "topk")
-BACKENDS = ("auto", "triton", "cpu", "flex", "gather", "reference")
 
 
 @dataclass
@@ -69,7 +68,7 @@ class SparseAttentionConfig:
         sparse_density_limit (`float` or `None`, defaults to `None`):
             A layer whose planned mask keeps more than this share of key blocks runs dense attention in sparse steps
             instead (sparse kernels lose to dense SDPA above their break-even density). `None` uses the chosen
-            backend's measured break-even (`ops.BREAK_EVEN_DENSITY`); `1.0` always runs sparse.
+            backend's measured break-even (`dispatch.BREAK_EVEN_DENSITY`); `1.0` always runs sparse.
         token_tile (`tuple[int, int, int]` or `None`, defaults to `None`):
             Reorder video tokens into space-time tiles of (frames, rows, columns) latent tokens before the build and
             sparse steps, so a mask block is a compact 3-D neighbourhood (adapters with a video grid: Wan). Choose a
@@ -158,8 +157,9 @@ class SparseAttentionConfig:
                     f"sparse_density_limit={limit!r} must be a number in (0, 1] or None (backend break-even)."
                 )
             self.sparse_density_limit = float(limit)
-        if self.backend not in BACKENDS:
-            raise SparseDiffusionError(f"backend={self.backend!r} is not known; choose one of {BACKENDS}.")
+        from .dispatch import check_name
+
+        check_name(self.backend)
         if self.token_tile is not None:
             tile = self.token_tile
             if (
@@ -217,7 +217,7 @@ class SparseAttentionConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of all fields (tuples become lists)."""
         out = dataclasses.asdict(self)
-        out["block_size"] = list(self.block_size)
+        out["block_size"] = list(normalize_block_size(self.block_size, low=16, high=512))
         out["dense_layers"] = list(self.dense_layers)
         out["token_tile"] = None if self.token_tile is None else list(self.token_tile)
         return out

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import backend_health, ops
+from . import backend_health, dispatch, ops
 from .block_mask import BlockSparseMask, num_blocks
 from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
@@ -387,7 +387,7 @@ class SparseController:
             q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
         )
         out, lse, mass = ops.dense_attention_with_stats(
-            q, k, v, self.config.block_size, scale=scale, backend=_stats_backend(self.config.backend),
+            q, k, v, self.config.block_size, scale=scale, backend=dispatch.build_backend(self.config.backend),
             seq_lens_k=seq_lens_k, allowed=allowed,
         )
         if backend_health.disabled_reason(backend):  # it failed in the stats pass: `auto` takes the next one
@@ -404,7 +404,7 @@ class SparseController:
                 query_offset=query_offset, dense_key_ranges=key_ranges,
             )
         build_kept = kept_mass(mass, mask)
-        limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[backend]
+        limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[backend]
         head_density = mask.density().mean(0)
         density = float(head_density.mean())
         dense_reason = None
@@ -429,7 +429,7 @@ class SparseController:
         if start < sk:
             _, _, generated = ops.dense_attention_with_stats(
                 q, k[:, :, start:], v[:, :, start:], self.config.block_size, scale=scale,
-                backend=_stats_backend(self.config.backend),
+                backend=dispatch.build_backend(self.config.backend),
             )
         return plan_sparsed_mask(
             mass, generated, self.config.topk_ratio, self.config.block_size, (q.shape[2], sk), self.prompt_len or 0
@@ -471,7 +471,7 @@ class SparseController:
             q, "auto", need_lse=True, block_size=self.config.block_size, varlen=plan.seq_lens_k is not None
         )
         stats.fallbacks[f"backend {old} disabled after it failed ({failed}); served by {plan.backend}"] += 1
-        limit = self.config.sparse_density_limit or ops.BREAK_EVEN_DENSITY[plan.backend]
+        limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[plan.backend]
         if plan.dense_reason is None and float(plan.head_density.mean()) > limit:
             plan.dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {plan.backend}; ran dense"
 
@@ -563,10 +563,6 @@ class SparseController:
             run["dense_fallback_steps"] = len({s for s in seen if s >= warmup} - sparse)
             runs.append(run)
         return runs
-
-
-def _stats_backend(backend: str) -> str:
-    return backend if backend in ("triton", "reference") else "auto"
 
 
 class _Timer:

@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
 
 import torch
 
-from . import backend_health, backends, cpu_kernel, reference
+from . import backend_health, backends, dispatch, reference
 from .block_mask import BlockSparseMask, normalize_block_size, num_blocks
-from .config import BACKENDS
 from .errors import SparseDiffusionError
 
 
 logger = logging.getLogger(__name__)
 
 
-# Mask density above which a backend is slower than dense SDPA (measured with `sparse-diffusion bench attention`;
-# CPU: 2 threads, N = 2k-8k, fp32; GPU: the Triton kernel's target of 85% of ideal).
-BREAK_EVEN_DENSITY = {"triton": 0.9, "cpu": 0.9, "flex": 0.7, "gather": 0.6, "reference": 1.0}
-
-
-def _triton_reasons(
-    q: torch.Tensor, need_lse: bool, block_size: tuple[int, int] | None = None, varlen: bool = False
-) -> list[str]:
-    try:
-        from .kernels import launch
-    except ImportError as exc:
-        return [f"Triton kernels unavailable ({exc})"]
-    return launch.not_supported_reasons(q, block_size)
+BREAK_EVEN_DENSITY = dispatch.BREAK_EVEN_DENSITY  # backend -> mask density above which dense SDPA is faster
 
 
 def _describe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
@@ -160,35 +146,12 @@ def _scale(q: torch.Tensor, scale: float | None) -> float:
     return float(scale)
 
 
-# name -> fn(q, need_lse, block_size, varlen): why the backend cannot serve (empty list = it can)
-_SPARSE_REASONS: dict[str, Callable[[torch.Tensor, bool, tuple[int, int] | None, bool], list[str]]] = {
-    "triton": _triton_reasons,
-    "cpu": lambda q, need_lse, block_size=None, varlen=False: cpu_kernel.not_supported_reasons(q),
-    "flex": backends.flex_reasons,
-    "gather": backends.gather_reasons,
-    "reference": lambda q, need_lse, block_size=None, varlen=False: [],
-}
-
-
-def _reasons(name: str, q: torch.Tensor, need_lse: bool, block_size, varlen: bool) -> list[str]:
-    failed = backend_health.disabled_reason(name)
-    if failed:
-        return [f"disabled after it failed on this machine: {failed}"]
-    return _SPARSE_REASONS[name](q, need_lse, block_size, varlen)
-
-
 def sparse_backend_reasons(
     q: torch.Tensor, need_lse: bool = True, block_size: tuple[int, int] | None = None, varlen: bool = False
 ) -> dict[str, list[str]]:
     """Why each backend cannot serve a block-sparse call on `q` with tiles `block_size` (empty list = it can);
     `varlen`: the call passes `seq_lens_k`. A backend disabled after a failure (`backend_health`) says so."""
-    return {name: _reasons(name, q, need_lse, block_size, varlen) for name in _SPARSE_REASONS}
-
-
-def _auto_order(q: torch.Tensor, need_lse: bool) -> list[str]:
-    if q.device.type == "cuda":
-        return ["triton", "flex", "gather", "reference"]
-    return ["cpu", "gather", "flex", "reference"]  # measured on CPU (README, bench attention)
+    return dispatch.all_reasons(dispatch.SparseCall(q, need_lse, block_size, varlen))
 
 
 def choose_sparse_backend(
@@ -198,27 +161,12 @@ def choose_sparse_backend(
     block_size: tuple[int, int] | None = None,
     varlen: bool = False,
 ) -> str:
-    """Backend name that serves a block-sparse call on `q` (`varlen`: with `seq_lens_k`).
+    """Backend name that serves a block-sparse call on `q` (`varlen`: with `seq_lens_k`); see `dispatch.choose`.
 
     Raises:
         SparseDiffusionError: unknown name, or a forced backend that cannot serve (with every reason).
     """
-    if backend not in BACKENDS:
-        raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
-    if backend != "auto":
-        reasons = _reasons(backend, q, need_lse, block_size, varlen)
-        if reasons:
-            raise SparseDiffusionError(f"backend {backend!r} cannot serve this call: {'; '.join(reasons)}.")
-        return backend
-    skipped = {}
-    for name in _auto_order(q, need_lse):
-        reasons = _reasons(name, q, need_lse, block_size, varlen)
-        if not reasons:
-            if skipped:
-                logger.debug("auto backend %s; skipped %s", name, skipped)
-            return name
-        skipped[name] = reasons
-    raise SparseDiffusionError(f"no backend can serve this call: {skipped}")  # pragma: no cover - reference serves all
+    return dispatch.choose(dispatch.SparseCall(q, need_lse, block_size, varlen), backend)
 
 
 def block_sparse_attention(
@@ -275,43 +223,9 @@ def block_sparse_attention(
         mask.validate()
     lens = check_seq_lens_k(seq_lens_k, q, k, check_values=validate_mask)
     q, k, v = _last_dim_contiguous(q, k, v)
-    s = _scale(q, scale)
-    while True:
-        name = choose_sparse_backend(q, backend, need_lse=return_lse, block_size=mask.block_size, varlen=lens is not None)
-        try:
-            out, lse = _run_sparse(name, q, k, v, mask, s, lens, return_lse)
-        except SparseDiffusionError:
-            raise
-        except Exception as exc:  # a kernel that fails to build or launch: disabled once, then the next backend
-            if name == "reference":
-                raise
-            reason = backend_health.disable(name, exc)
-            if backend != "auto":
-                raise SparseDiffusionError(
-                    f"backend {name!r} failed ({reason}) and is now disabled for this process; use backend='auto' "
-                    "or another backend."
-                ) from exc
-            continue
-        return out, (lse if return_lse else None)
-
-
-def _run_sparse(name, q, k, v, mask, s, lens, return_lse) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if name == "gather":
-        out, lse = backends.gather_block_sparse(q, k, v, mask, s, lens)
-    elif name == "flex":
-        out, lse = backends.flex_block_sparse(q, k, v, mask, s, need_lse=return_lse)
-    elif name == "triton":
-        from .kernels import launch
-
-        out, lse = launch.block_sparse_attention(q, k, v, mask, s, lens)
-    elif name == "cpu":
-        out, lse = cpu_kernel.block_sparse_attention(q, k, v, mask, s, lens)
-    else:
-        out, lse = reference.block_sparse_attention_reference(
-            q, k, v, mask, scale=s, compute_dtype=torch.float32, seq_lens_k=lens
-        )
-        out = out.to(q.dtype)
-    return out, lse
+    call = dispatch.SparseCall(q, return_lse, mask.block_size, lens is not None)
+    out, lse = dispatch.run(call, backend, k, v, mask, _scale(q, scale), lens)
+    return out, (lse if return_lse else None)
 
 
 def dense_attention_with_stats(
@@ -349,8 +263,7 @@ def dense_attention_with_stats(
     """
     check_qkv(q, k, v)
     bs = normalize_block_size(block_size, multiple=1)
-    if backend not in BACKENDS:
-        raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {BACKENDS}.")
+    dispatch.check_name(backend)
     lens = check_seq_lens_k(seq_lens_k, q, k)
     q, k, v = _last_dim_contiguous(q, k, v)
     s = _scale(q, scale)
@@ -358,13 +271,14 @@ def dense_attention_with_stats(
         _check_allowed(allowed, q, k, bs, lens)
         if backend == "triton":
             raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
+    triton_call = dispatch.SparseCall(q, True, bs, False)
     if backend == "triton" or (
-        backend == "auto" and allowed is None and q.device.type == "cuda" and not _reasons("triton", q, True, bs, False)
+        backend == "auto" and allowed is None and q.device.type == "cuda" and not dispatch.reasons("triton", triton_call)
     ):
-        reasons = _reasons("triton", q, True, bs, False)
+        reasons = dispatch.reasons("triton", triton_call)
         if reasons:
             raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
-        from .kernels import launch
+        from .kernels.triton import launch
 
         try:
             return launch.dense_attention_with_stats(q, k, v, bs, s, lens)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from pipeline_helpers import run_pipeline
 
-from sparse_diffusion import SparseDiffusionError, accelerate_pipeline, backend_health, ops
+from sparse_diffusion import SparseDiffusionError, accelerate_pipeline, backend_health, dispatch, ops
 from sparse_diffusion.block_mask import BlockSparseMask
 from sparse_diffusion.reference import block_sparse_attention_reference
 
 
 triton = pytest.importorskip("triton")
-launch = pytest.importorskip("sparse_diffusion.kernels.launch")
+launch = pytest.importorskip("sparse_diffusion.kernels.triton.launch")
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def broken_triton(monkeypatch):
             return run
 
     monkeypatch.setattr(launch, "_kernels", lambda: (Failing(), Failing()))
-    monkeypatch.setattr(ops, "_auto_order", lambda q, need_lse: ["triton", "gather", "flex", "reference"])
+    monkeypatch.setitem(dispatch._AUTO_ORDER, "cpu", ("triton", "gather", "flex", "reference"))
     backend_health.enable()
     yield attempts
     backend_health.enable()

@@ -207,14 +207,15 @@ def test_bad_values_exit_cleanly_before_loading(argv, message, capsys, monkeypat
 
 
 def test_kernel_note_only_when_not_built(capsys, monkeypatch):
+    from sparse_diffusion.kernels.cpu import launch as cpu_kernel
+
     import sparse_diffusion.cli as cli
-    from sparse_diffusion import cpu_kernel
 
     monkeypatch.setattr(cpu_kernel, "build_error", lambda: None)
-    monkeypatch.setattr(cli, "_cpu_kernel_cached", lambda: True)
+    monkeypatch.setattr(cpu_kernel, "is_built", lambda: True)
     cli._prepare_cpu_kernel()
     assert capsys.readouterr().out == ""
-    monkeypatch.setattr(cli, "_cpu_kernel_cached", lambda: False)
+    monkeypatch.setattr(cpu_kernel, "is_built", lambda: False)
     cli._prepare_cpu_kernel()
     assert "compiled on first use" in capsys.readouterr().out
 

@@ -51,7 +51,7 @@ def test_prefix_attention_backends_match_float64_restricted_to_kept_blocks(backe
     device = "cpu"
     if backend == "triton":
         pytest.importorskip("triton")
-        launch = pytest.importorskip("sparse_diffusion.kernels.launch")
+        launch = pytest.importorskip("sparse_diffusion.kernels.triton.launch")
         device = "cpu" if launch.interpreting() else "cuda"  # the interpreter (conftest) or a GPU
         if device == "cuda" and not torch.cuda.is_available():
             pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before kernels are imported")

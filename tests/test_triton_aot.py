@@ -1,6 +1,6 @@
 """GPU readiness without a GPU: the Triton kernels compiled ahead of time for sm_80 (A100) and sm_90 (H100) (issue 13).
 
-Each case runs Triton's full pipeline down to a cubin (`sparse_diffusion.kernels.aot`, in a subprocess with the
+Each case runs Triton's full pipeline down to a cubin (`sparse_diffusion.kernels.triton.aot`, in a subprocess with the
 interpreter off, two compiles at a time) and asserts: it compiles; no register spills (no local memory or stack);
 shared memory within the target's limit and within the launcher's estimate (which the prune rule uses); wgmma on
 sm_90 for query tiles of 64 rows or more; async copies in the PTX (a software-pipelined K/V loop) for every config with num_stages >= 2 (the dense kernel at a padded head dim excepted).
@@ -9,7 +9,7 @@ Which cases (the full grid takes ~15 minutes here; this subset ~1-2): every conf
 production shape (bf16, D=128, 128x128 mask blocks) on both targets, for both kernels; and, per target, the
 heaviest kept config (most stages, largest tile) of D=64, D=256, D=40 (padded to 64, 8-aligned rows) and 32x32
 mask blocks, plus fp16 at D=128. Every kept config of the full grid was compiled once when the prune table was
-measured (see `kernels/launch.py`). The prune rule's coverage (some config for every head dim and mask block) is
+measured (see `kernels/triton/launch.py`). The prune rule's coverage (some config for every head dim and mask block) is
 checked without compiling.
 """
 
@@ -20,11 +20,10 @@ import sys
 
 import pytest
 import torch
+from sparse_diffusion.kernels.triton import aot
 
-from sparse_diffusion.kernels import aot
 
-
-launch = pytest.importorskip("sparse_diffusion.kernels.launch")
+launch = pytest.importorskip("sparse_diffusion.kernels.triton.launch")
 MISSING = aot.tools_missing()
 ARCHS = (80, 90)
 
@@ -63,7 +62,7 @@ def compiled():
         pytest.skip(f"cannot compile for NVIDIA targets here: {MISSING}")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "sparse_diffusion.kernels.aot", "2"], input=json.dumps(CASES), env=env,
+        [sys.executable, "-m", "sparse_diffusion.kernels.triton.aot", "2"], input=json.dumps(CASES), env=env,
         capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]

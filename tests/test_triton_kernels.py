@@ -18,7 +18,7 @@ from sparse_diffusion.reference import (
 
 
 triton = pytest.importorskip("triton")
-launch = pytest.importorskip("sparse_diffusion.kernels.launch")
+launch = pytest.importorskip("sparse_diffusion.kernels.triton.launch")
 DEVICE = "cpu" if launch.interpreting() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():  # pragma: no cover - conftest sets the interpreter
     pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before kernels are imported", allow_module_level=True)

@@ -4,7 +4,7 @@
 cubin, `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`), then reads the cubin's resource use
 with `cuobjdump --dump-resource-usage` (both ptxas and cuobjdump ship in the triton wheel). The signature mirrors the
 launcher's (`launch._kernel_args`), so what compiles here is what a GPU runs. Used by `tests/test_triton_aot.py` and
-developers (`python -m sparse_diffusion.kernels.aot < cases.json`); importing this module does no compilation.
+developers (`python -m sparse_diffusion.kernels.triton.aot < cases.json`); importing this module does no compilation.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def compile_case(case: dict) -> dict:
 
 
 def main() -> None:
-    """`python -m sparse_diffusion.kernels.aot [workers] < cases.json`: compile the cases (a JSON list) in parallel,
+    """`python -m sparse_diffusion.kernels.triton.aot [workers] < cases.json`: compile the cases (a JSON list) in parallel,
     one JSON result per line on stdout. Run with TRITON_INTERPRET unset (the interpreter replaces @triton.jit)."""
     import json
     import sys

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 
 import torch
 
-from ..errors import SparseDiffusionError
+from ...errors import SparseDiffusionError
 
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -99,12 +98,13 @@ def shared_bytes(block_m: int, block_n: int, head_dim: int, num_stages: int, ele
 # Configs that compile without register spills for both sm_80 and sm_90 (fp16/bf16, Triton 3.9; measured by
 # compiling every candidate, `tests/test_triton_aot.py` re-checks the kept ones): padded head dim -> (BLOCK_M,
 # BLOCK_N, num_warps) -> most pipeline stages. Exact entries only: even 32x32 tiles spill in some stage counts. A
-# padded head dim (e.g. 40 -> 64: masked columns) uses the next table up.
+# padded head dim (e.g. 40 -> 64: masked columns) uses the next table up. A pair is (sm_80, sm_90+) stages; the
+# table also holds with Triton 3.6 (checked once, the GPU machines' version).
 _SAFE = {
     "sparse": {
         64: {(32, 32, 4): 2, (64, 64, 4): 3, (64, 64, 8): 3, (64, 128, 8): 3, (128, 64, 4): 2, (128, 64, 8): 3,
              (128, 128, 8): 3},
-        128: {(32, 32, 4): 3, (64, 64, 8): 3, (128, 64, 8): 2},
+        128: {(32, 32, 4): 3, (64, 64, 8): 3, (128, 64, 8): (0, 2)},  # sm_80 + Triton 3.6 spill 24 B at 128x64
         256: {(32, 32, 4): 3, (32, 64, 8): 3, (64, 32, 8): 3},
     },
     "dense": {
@@ -122,17 +122,18 @@ def table_dim(d: int) -> int:
     return max(64, head_dim if head_dim == d else min(256, 2 * head_dim))
 
 
-def max_stages(kind: str, block_m: int, block_n: int, num_warps: int, d: int) -> int:
+def max_stages(kind: str, block_m: int, block_n: int, num_warps: int, d: int, arch: int = 90) -> int:
     """Most pipeline stages `kind` ("sparse" or "dense") compiles with, spill-free, for this tile at true head dim
-    `d` (0: none)."""
-    return _SAFE[kind][table_dim(d)].get((block_m, block_n, num_warps), 0)
+    `d` on `sm_{arch}` (0: none)."""
+    stages = _SAFE[kind][table_dim(d)].get((block_m, block_n, num_warps), 0)
+    return stages if isinstance(stages, int) else stages[arch >= 90]
 
 
 def config_fits(kind: str, block_m: int, block_n: int, num_warps: int, num_stages: int, d: int,
                 element_bytes: int, arch: int, max_shared: int) -> bool:
     """Prune rule for true head dim `d`: the config compiles without register spills (`_SAFE`) and within
     `max_shared` bytes of shared memory (`shared_bytes`)."""
-    return num_stages <= max_stages(kind, block_m, block_n, num_warps, d) and (
+    return num_stages <= max_stages(kind, block_m, block_n, num_warps, d, arch) and (
         shared_bytes(block_m, block_n, padded_head_dim(d), num_stages, element_bytes, arch) + SHARED_SLACK <= max_shared
     )
 

@@ -1,0 +1,190 @@
+"""Backend registry and dispatcher for block-sparse attention calls (the one place that spells backend names).
+
+One small class per backend: `NAME`, `BREAK_EVEN` (mask density above which it is slower than dense SDPA,
+measured with `sparse-diffusion bench attention`: CPU with 2 threads at N = 2k-8k; GPU: the Triton kernel's target
+of 85% of ideal), `BUILD` (the backend name `ops.dense_attention_with_stats` takes for the build step's stats pass
+when this backend is configured), `not_supported_reasons(call)` and `forward(...)`. `choose` walks the device's
+`auto` order and formats every reason; a backend disabled after a failure (`backend_health`) says so. The design
+follows xformers' `fmha` dispatch (one operator class per kernel, a reasons method, one dispatcher).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import backend_health, backends, reference
+from .errors import SparseDiffusionError
+from .kernels.cpu import launch as cpu_kernel
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SparseCall:
+    """What a backend is asked to serve: q [B, H, Sq, D] (dtype, device, head dim), whether the LSE is needed, the
+    mask's block size and whether per-batch key lengths (`seq_lens_k`) are given."""
+
+    q: torch.Tensor
+    need_lse: bool = True
+    block_size: tuple[int, int] | None = None
+    varlen: bool = False
+
+
+class Backend:
+    NAME = ""
+    BREAK_EVEN = 1.0
+    BUILD = "auto"
+
+    def not_supported_reasons(self, call: SparseCall) -> list[str]:
+        return []
+
+    def forward(self, q, k, v, mask, scale: float, seq_lens_k, need_lse: bool):
+        raise NotImplementedError
+
+
+class Triton(Backend):
+    """Our fused Triton kernels (`kernels/`), CUDA fp16/bf16 (and Triton's interpreter in tests)."""
+
+    NAME, BREAK_EVEN, BUILD = "triton", 0.9, "triton"
+
+    def not_supported_reasons(self, call):
+        try:
+            from .kernels.triton import launch
+        except ImportError as exc:
+            return [f"Triton kernels unavailable ({exc})"]
+        return launch.not_supported_reasons(call.q, call.block_size)
+
+    def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
+        from .kernels.triton import launch
+
+        return launch.block_sparse_attention(q, k, v, mask, scale, seq_lens_k)
+
+
+class Cpu(Backend):
+    """Native C++ block-sparse flash-attention kernel (`kernels/cpu`), compiled on first use."""
+
+    NAME, BREAK_EVEN = "cpu", 0.9
+
+    def not_supported_reasons(self, call):
+        return cpu_kernel.not_supported_reasons(call.q)
+
+    def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
+        return cpu_kernel.block_sparse_attention(q, k, v, mask, scale, seq_lens_k)
+
+
+class Flex(Backend):
+    """Compiled `flex_attention` with a `BlockMask` from our indices."""
+
+    NAME, BREAK_EVEN = "flex", 0.7
+
+    def not_supported_reasons(self, call):
+        return backends.flex_reasons(call.q, call.need_lse, call.block_size, call.varlen)
+
+    def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
+        return backends.flex_block_sparse(q, k, v, mask, scale, need_lse=need_lse)
+
+
+class Gather(Backend):
+    """Gather each row's kept K/V blocks and run dense attention on them; any device, no compile."""
+
+    NAME, BREAK_EVEN = "gather", 0.6
+
+    def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
+        return backends.gather_block_sparse(q, k, v, mask, scale, seq_lens_k)
+
+
+class Reference(Backend):
+    """PyTorch oracle (float32 compute), serves every call."""
+
+    NAME, BREAK_EVEN, BUILD = "reference", 1.0, "reference"
+
+    def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
+        out, lse = reference.block_sparse_attention_reference(
+            q, k, v, mask, scale=scale, compute_dtype=torch.float32, seq_lens_k=seq_lens_k
+        )
+        return out.to(q.dtype), lse
+
+
+REGISTRY: dict[str, Backend] = {b.NAME: b for b in (Triton(), Cpu(), Flex(), Gather(), Reference())}
+NAMES = ("auto", *REGISTRY)
+BREAK_EVEN_DENSITY = {name: b.BREAK_EVEN for name, b in REGISTRY.items()}
+_AUTO_ORDER = {"cuda": ("triton", "flex", "gather", "reference"), "cpu": ("cpu", "gather", "flex", "reference")}
+
+
+def auto_order(q: torch.Tensor) -> tuple[str, ...]:
+    """The order `auto` tries on q's device (measured on CPU: README, bench attention)."""
+    return _AUTO_ORDER.get(q.device.type, _AUTO_ORDER["cpu"])
+
+
+def check_name(backend: str) -> None:
+    """Raises SparseDiffusionError for a name that is not "auto" or a registered backend."""
+    if backend not in NAMES:
+        raise SparseDiffusionError(f"backend={backend!r} is not known; choose one of {NAMES}.")
+
+
+def reasons(name: str, call: SparseCall) -> list[str]:
+    """Why backend `name` cannot serve `call` (empty list = it can), a failure-disabled backend included."""
+    failed = backend_health.disabled_reason(name)
+    if failed:
+        return [f"disabled after it failed on this machine: {failed}"]
+    return REGISTRY[name].not_supported_reasons(call)
+
+
+def all_reasons(call: SparseCall) -> dict[str, list[str]]:
+    return {name: reasons(name, call) for name in REGISTRY}
+
+
+def choose(call: SparseCall, backend: str = "auto") -> str:
+    """The backend that serves `call`: `backend` itself when forced, else the first of `auto_order` that can.
+
+    Raises:
+        SparseDiffusionError: unknown name, or a forced backend that cannot serve (with every reason).
+    """
+    check_name(backend)
+    if backend != "auto":
+        why = reasons(backend, call)
+        if why:
+            raise SparseDiffusionError(f"backend {backend!r} cannot serve this call: {'; '.join(why)}.")
+        return backend
+    skipped: dict[str, list[str]] = {}
+    for name in auto_order(call.q):
+        why = reasons(name, call)
+        if not why:
+            if skipped:
+                logger.debug("auto backend %s; skipped %s", name, skipped)
+            return name
+        skipped[name] = why
+    raise SparseDiffusionError(f"no backend can serve this call: {skipped}")  # pragma: no cover - reference serves all
+
+
+def run(call: SparseCall, backend: str, k, v, mask, scale: float, seq_lens_k) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Serve `call` with `choose(call, backend)`. A kernel failure that is not an input error disables that backend
+    once (`backend_health`); `auto` then goes on with the next one, a forced backend raises.
+
+    Raises:
+        SparseDiffusionError: as `choose`, or a forced backend whose kernel failed.
+    """
+    while True:
+        name = choose(call, backend)
+        try:
+            return REGISTRY[name].forward(call.q, k, v, mask, scale, seq_lens_k, call.need_lse)
+        except SparseDiffusionError:
+            raise
+        except Exception as exc:
+            if name == "reference":
+                raise
+            reason = backend_health.disable(name, exc)
+            if backend != "auto":
+                raise SparseDiffusionError(
+                    f"backend {name!r} failed ({reason}) and is now disabled for this process; use backend='auto' "
+                    "or another backend."
+                ) from exc
+
+
+def build_backend(configured: str) -> str:
+    """The backend name the build step's stats pass uses when `configured` serves the sparse steps."""
+    return "auto" if configured == "auto" else REGISTRY[configured].BUILD
