@@ -34,6 +34,10 @@ else
   TESTS=(tests/test_triton_kernels.py)
 fi
 
+if [ "$DRY" = 1 ] && ! "$PY" -c "import triton, pytest" 2>/dev/null; then
+  echo "the dry run needs triton and pytest: pip install '.[test]'" >&2; exit 2
+fi
+
 # 1) environment
 "$PY" - "$OUT/env.json" "$DRY" <<'PYEOF'
 import json, subprocess, sys
@@ -54,7 +58,7 @@ print(json.dumps(info))
 PYEOF
 
 # 2) kernel tests on the device (one pinned config per shape: no autotuning across dozens of test shapes)
-"$PY" -c "import pytest" 2>/dev/null || "$PY" -m pip install -q pytest > "$OUT/install.log" 2>&1
+"$PY" -c "import pytest" 2>/dev/null || "$PY" -m pip install -q pytest > "$OUT/install.log" 2>&1  # bare GPU image
 SPARSE_DIFFUSION_TRITON_CONFIG="num_warps=4,num_stages=2" timeout "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider \
   "${TESTS[@]}" --junitxml="$OUT/tests.xml" > "$OUT/tests.txt" 2>&1
 echo "tests exit $?" | tee -a "$OUT/tests.txt"; tail -5 "$OUT/tests.txt"

@@ -1,7 +1,8 @@
 """Backends disabled after a failure: a kernel that fails to compile or launch is switched off once for the process.
 
 A failure that is not a `SparseDiffusionError` (those are input errors) from a backend's kernel, e.g. Triton's
-`CompilationError` or `OutOfResources` on a user's GPU, disables that backend for the rest of the process. One
+`CompilationError` or `OutOfResources` on a user's GPU, disables that backend for the rest of the process (a failed
+memory allocation does not: it belongs to the call's size and is raised as a `SparseDiffusionError`). One
 warning names the error and the fix; `ops` then reports the backend as unable to serve ("disabled after it failed:
 ..."), so `backend="auto"` serves every later call with the next backend and a forced backend raises a
 `SparseDiffusionError`. Nothing retries the failing kernel per call.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+
+import torch
 
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,18 @@ class BackendFailureWarning(RuntimeWarning):
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def is_memory_error(exc: BaseException) -> bool:
+    """An allocation that failed for this call's size (host or device): a property of the input, not of the kernel,
+    so it never disables a backend."""
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and (
+        isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+        or "not enough memory" in text
+    )
 
 
 def disable(name: str, exc: BaseException) -> str:

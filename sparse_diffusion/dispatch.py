@@ -175,6 +175,11 @@ def run(call: SparseCall, backend: str, k, v, mask, scale: float, seq_lens_k) ->
         except SparseDiffusionError:
             raise
         except Exception as exc:
+            if backend_health.is_memory_error(exc):
+                raise SparseDiffusionError(
+                    f"backend {name!r} ran out of memory for this call (q {tuple(call.q.shape)} {call.q.dtype}): "
+                    f"{' '.join(str(exc).split())[:200]}; use smaller inputs or a lower density."
+                ) from exc
             if name == "reference":
                 raise
             reason = backend_health.disable(name, exc)

@@ -53,6 +53,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise SparseDiffusionError(
             f"query heads H={h} must be a multiple of key/value heads HK={k.shape[1]} (GQA); got {_describe(q, k, v)}."
         )
+    if d == 0:
+        raise SparseDiffusionError(f"head dim D must be >= 1; got {_describe(q, k, v)}.")
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise SparseDiffusionError(f"sequence lengths must be >= 1; got {_describe(q, k, v)}.")
     if q.device.type == "meta":
@@ -117,7 +119,9 @@ def check_seq_lens_k(seq_lens_k, q: torch.Tensor, k: torch.Tensor, check_values:
         return None
     b, sk = q.shape[0], k.shape[2]
     if isinstance(seq_lens_k, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in seq_lens_k):
-        seq_lens_k = torch.tensor(seq_lens_k, dtype=torch.int32)
+        if any(not -(2**63) <= x < 2**63 for x in seq_lens_k):
+            raise SparseDiffusionError(f"seq_lens_k={list(seq_lens_k)} must lie in [1, Sk={sk}].")
+        seq_lens_k = torch.tensor(seq_lens_k, dtype=torch.int64)
     if not isinstance(seq_lens_k, torch.Tensor) or seq_lens_k.dtype.is_floating_point or seq_lens_k.dtype == torch.bool:
         raise SparseDiffusionError(
             f"seq_lens_k must be an integer tensor [B] (or a list of B ints) of valid key counts, got "
@@ -129,13 +133,15 @@ def check_seq_lens_k(seq_lens_k, q: torch.Tensor, k: torch.Tensor, check_values:
             f"seq_lens_k has shape {tuple(seq_lens_k.shape)}, expected [B] = [{b}] (one valid key count per batch "
             "element)."
         )
-    seq_lens_k = seq_lens_k.to(device=q.device, dtype=torch.int32).contiguous()
-    if check_values and (int(seq_lens_k.min()) < 1 or int(seq_lens_k.max()) > sk):
+    if seq_lens_k.dtype == torch.int32 and not check_values:  # the hot path: nothing to narrow, no sync
+        return seq_lens_k.to(q.device).contiguous()
+    wide = seq_lens_k.to(torch.int64)  # range-check before narrowing: int32 would wrap 2**32 + 40 to 40
+    if check_values and (int(wide.min()) < 1 or int(wide.max()) > sk):
         raise SparseDiffusionError(
-            f"seq_lens_k={seq_lens_k.tolist()} must lie in [1, Sk={sk}]: every batch element needs at least one valid "
+            f"seq_lens_k={wide.tolist()} must lie in [1, Sk={sk}]: every batch element needs at least one valid "
             "key, and k holds only Sk keys."
         )
-    return seq_lens_k
+    return wide.clamp(0, sk).to(device=q.device, dtype=torch.int32).contiguous()
 
 
 def _scale(q: torch.Tensor, scale: float | None) -> float:
@@ -151,7 +157,7 @@ def sparse_backend_reasons(
 ) -> dict[str, list[str]]:
     """Why each backend cannot serve a block-sparse call on `q` with tiles `block_size` (empty list = it can);
     `varlen`: the call passes `seq_lens_k`. A backend disabled after a failure (`backend_health`) says so."""
-    return dispatch.all_reasons(dispatch.SparseCall(q, need_lse, block_size, varlen))
+    return dispatch.all_reasons(dispatch.SparseCall(q, need_lse, _block_pair(block_size), varlen))
 
 
 def choose_sparse_backend(
@@ -166,7 +172,11 @@ def choose_sparse_backend(
     Raises:
         SparseDiffusionError: unknown name, or a forced backend that cannot serve (with every reason).
     """
-    return dispatch.choose(dispatch.SparseCall(q, need_lse, block_size, varlen), backend)
+    return dispatch.choose(dispatch.SparseCall(q, need_lse, _block_pair(block_size), varlen), backend)
+
+
+def _block_pair(block_size) -> tuple[int, int] | None:
+    return None if block_size is None else normalize_block_size(block_size, multiple=1)
 
 
 def block_sparse_attention(
@@ -285,6 +295,8 @@ def dense_attention_with_stats(
         except SparseDiffusionError:
             raise
         except Exception as exc:  # disabled once; `auto` continues with the chunked PyTorch pass
+            if backend_health.is_memory_error(exc):
+                raise SparseDiffusionError(f"the Triton build kernel ran out of memory for {_describe(q, k, v)}.") from exc
             reason = backend_health.disable("triton", exc)
             if backend == "triton":
                 raise SparseDiffusionError(

@@ -105,3 +105,16 @@ def test_pipeline_finishes_on_the_next_backend_and_reports_the_failure(broken_tr
     assert np.abs(out.astype(np.float64) - expected).max() < 1e-4  # same masks, served by gather either way
     assert any("backend triton disabled" in f["reason"] and "OutOfResources" in f["reason"] for f in report["fallbacks"])
     assert "OutOfResources" in report["disabled_backends"]["triton"]
+
+
+def test_out_of_memory_is_the_call_s_problem_not_the_kernel_s(monkeypatch, broken_triton):
+    """A failed allocation raises a SparseDiffusionError for that call and disables nothing."""
+    q, k, v, mask = _inputs(2)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1024.00 GiB")
+
+    monkeypatch.setattr(dispatch.REGISTRY["gather"], "forward", oom)
+    with pytest.raises(SparseDiffusionError, match="ran out of memory"):
+        ops.block_sparse_attention(q, k, v, mask, backend="gather")
+    assert backend_health.disabled() == {}

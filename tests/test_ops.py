@@ -378,3 +378,16 @@ def test_flex_refuses_seq_lens_k_and_auto_skips_it():
     with pytest.raises(SparseDiffusionError, match="seq_lens_k"):
         ops.block_sparse_attention(q, k, v, mask, backend="flex", return_lse=False, seq_lens_k=[128, 100])
     assert "flex" != ops.choose_sparse_backend(q, need_lse=False, varlen=True)
+
+
+def test_odd_inputs_get_clear_errors_not_wrapped_values():
+    """Breaker findings: seq_lens_k beyond int32 must not wrap to a valid length; D=0 and an int block size."""
+    q = torch.randn(1, 2, 64, 16)
+    mask = BlockSparseMask.from_dense(torch.ones(1, 2, 2, 2, dtype=torch.bool), 32, (64, 64))
+    for lens in (torch.tensor([2**32 + 40]), [2**32 + 40], torch.tensor([-(2**32) + 40])):
+        with pytest.raises(SparseDiffusionError, match="must lie in"):
+            ops.block_sparse_attention(q, q, q, mask, seq_lens_k=lens)
+    empty = torch.randn(1, 2, 64, 0)
+    with pytest.raises(SparseDiffusionError, match="head dim D must be >= 1"):
+        ops.dense_attention_with_stats(empty, empty, empty, 32)
+    assert ops.sparse_backend_reasons(q, block_size=32)["reference"] == []

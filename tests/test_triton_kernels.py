@@ -203,6 +203,10 @@ def test_triton_reasons_and_config_override(monkeypatch):
     monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "warps=8")
     with pytest.raises(Exception, match="num_warps=4,num_stages=2"):
         launch._configs()
+    for bad in ("num_warps=3,num_stages=2", "num_warps=4,num_stages=0", "num_warps=4,num_stages=2,block_m=16,block_m=32"):
+        monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", bad)
+        with pytest.raises(Exception, match="SPARSE_DIFFUSION_TRITON_CONFIG"):
+            launch._configs()
 
 
 @pytest.mark.gpu

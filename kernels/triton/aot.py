@@ -164,12 +164,15 @@ def compile_case(case: dict) -> dict:
     from .block_sparse_fwd import _block_sparse_fwd_kernel
     from .dense_fwd import _dense_fwd_stats_kernel
 
-    fn = _block_sparse_fwd_kernel if case["kernel"] == "sparse" else _dense_fwd_stats_kernel
-    constexprs, aligned = launch_specialisation(
-        fn, case["dtype"], case["head_dim"], tuple(case["block_size"]),
-        {"BLOCK_M": case["BLOCK_M"], "BLOCK_N": case["BLOCK_N"]}, row_align=case.get("row_align", 16),
-    )
     try:
+        fn = {"sparse": _block_sparse_fwd_kernel, "dense": _dense_fwd_stats_kernel}[case["kernel"]]
+        bq, bk = case["block_size"]
+        m, n, d = case["BLOCK_M"], case["BLOCK_N"], case["head_dim"]
+        if d < 1 or bq % m or bk % n or case["dtype"] not in _DTYPES:
+            raise ValueError("need head_dim >= 1, tiles dividing the mask blocks and a float16/bfloat16/float32 dtype")
+        constexprs, aligned = launch_specialisation(
+            fn, case["dtype"], d, (bq, bk), {"BLOCK_M": m, "BLOCK_N": n}, row_align=case.get("row_align", 16)
+        )
         result = compile_kernel(fn, case["arch"], case["dtype"], constexprs, case["num_warps"], case["num_stages"], aligned)
     except Exception as exc:  # reported to the caller, which fails the case with the message
         return {**case, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:2000]}"}

@@ -177,8 +177,13 @@ def _override() -> dict | None:
     if not text:
         return None
     try:
-        fields = {key.strip(): int(value) for key, value in (item.split("=") for item in text.split(","))}
+        pairs = [item.split("=") for item in text.split(",")]
+        fields = {key.strip(): int(value) for key, value in pairs}
+        if len(fields) != len(pairs):
+            raise ValueError("a key appears twice")
         config = {"num_warps": fields.pop("num_warps"), "num_stages": fields.pop("num_stages")}
+        if config["num_warps"] not in (1, 2, 4, 8, 16) or not 1 <= config["num_stages"] <= 8:
+            raise ValueError("num_warps must be 1, 2, 4, 8 or 16 and num_stages in [1, 8]")
         for key in ("block_m", "block_n"):
             if key in fields:
                 config[key.upper()] = fields.pop(key)
@@ -186,7 +191,8 @@ def _override() -> dict | None:
             raise KeyError(sorted(fields))
     except (KeyError, ValueError) as exc:
         raise SparseDiffusionError(
-            f"{_CONFIG_ENV}={text!r} must look like 'num_warps=4,num_stages=2' (optionally block_m=..,block_n=..)."
+            f"{_CONFIG_ENV}={text!r} must look like 'num_warps=4,num_stages=2' (optionally block_m=..,block_n=..); "
+            f"{type(exc).__name__}: {exc}."
         ) from exc
     return config
 
@@ -266,9 +272,14 @@ def _prune(configs, named_args, **kwargs):
 _AUTOTUNE_KEY = ["HEAD_D", "MASK_BQ", "MASK_BK", "SEQ_BUCKET", "DOT_F32"]
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels():
-    """Autotuned kernels, built on first use (never at import)."""
+    """Autotuned kernels, built on first use (never at import), one pair per pinned config (the environment
+    variable may change between calls)."""
+    return _tuned_kernels(os.environ.get(_CONFIG_ENV, ""), interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_kernels(pinned: str, interpret: bool):
     import triton
 
     from .block_sparse_fwd import _block_sparse_fwd_kernel
