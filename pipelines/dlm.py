@@ -59,7 +59,9 @@ def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator) -> torch
     return (noisy.exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
 
-def _dream_sample(logits: torch.Tensor, temperature: float, algorithm: str, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _dream_sample(
+    logits: torch.Tensor, temperature: float, algorithm: str, generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dream's token sampling for [N, V] logits: (confidence [N], token [N]). Temperature > 0 draws from the tempered
     softmax; the confidence is the chosen token's probability, the top-1 minus top-2 margin ('topk_margin') or the
     negative entropy ('entropy')."""
@@ -160,10 +162,13 @@ def _check_vocabulary(model, prompt_ids: torch.Tensor, mask_id: int) -> None:
         )
 
 
-def _check_args(model, prompt_ids, gen_length, steps, block_length, mask_id, remasking, temperature, cfg_scale,
-                alg_temp, eps):
+def _check_args(
+    model, prompt_ids, gen_length, steps, block_length, mask_id, remasking, temperature, cfg_scale, alg_temp, eps
+):
     if not callable(model):
-        raise SparseDiffusionError(f"model must be a callable returning an object with .logits, got {type(model).__name__}.")
+        raise SparseDiffusionError(
+            f"model must be a callable returning an object with .logits, got {type(model).__name__}."
+        )
     _check_prompt(prompt_ids)
     gen_length = _positive_int("gen_length", gen_length)
     steps = _positive_int("steps", steps)
@@ -188,8 +193,10 @@ def _check_args(model, prompt_ids, gen_length, steps, block_length, mask_id, rem
         raise SparseDiffusionError(
             f"remasking={remasking!r} is not known; choose LLaDA's {LLADA_REMASKING} or Dream's {DREAM_ALGORITHMS}."
         )
-    temperature, cfg_scale, alg_temp = (_non_negative(n, v) for n, v in
-                                        (("temperature", temperature), ("cfg_scale", cfg_scale), ("alg_temp", alg_temp)))
+    temperature, cfg_scale, alg_temp = (
+        _non_negative(n, v)
+        for n, v in (("temperature", temperature), ("cfg_scale", cfg_scale), ("alg_temp", alg_temp))
+    )
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < 1:
         raise SparseDiffusionError(f"eps={eps!r} must lie in (0, 1) (Dream's final time).")
     return gen_length, steps, block_length, mask_id, temperature, cfg_scale, alg_temp, float(eps)
@@ -280,8 +287,9 @@ def generate(
                     score = torch.rand(x.shape, dtype=torch.float64, device=device, generator=generator)
                 commit = _topk_commit(score.masked_fill(~masked, float("-inf")), quota[:, i])
             else:
-                x0, commit = _dream_step(logits, masked, i, per_block, times, remasking, temperature, alg_temp,
-                                         generator)
+                x0, commit = _dream_step(
+                    logits, masked, i, per_block, times, remasking, temperature, alg_temp, generator
+                )
             x = torch.where(commit, x0, x)
             if return_history:
                 history.append(x.clone())

@@ -38,8 +38,13 @@ class RetrievalBatch:
 
 
 def sample_retrieval(
-    batch: int, context_len: int, *, generator: torch.Generator, needles: int = NUM_NEEDLES,
-    queries: int = NUM_QUERIES, value_len: int = VALUE_LEN,
+    batch: int,
+    context_len: int,
+    *,
+    generator: torch.Generator,
+    needles: int = NUM_NEEDLES,
+    queries: int = NUM_QUERIES,
+    value_len: int = VALUE_LEN,
 ) -> RetrievalBatch:
     """`batch` prompts of `context_len` tokens (answer not included), drawn from `generator` only.
 
@@ -64,11 +69,13 @@ def sample_retrieval(
         values = VALUE0 + torch.randint(0, NUM_VALUES, (needles, value_len), generator=generator)
         # needle starts: distinct sorted picks among the free places, each earlier needle pushing the later ones on
         free = haystack - (span - 1) * needles
-        starts = 1 + torch.randperm(free, generator=generator)[:needles].sort().values + (span - 1) * torch.arange(needles)
+        starts = (
+            1 + torch.randperm(free, generator=generator)[:needles].sort().values + (span - 1) * torch.arange(needles)
+        )
         prompts[b, starts] = keys
         prompts[b, starts[:, None] + offsets] = values
         asked = torch.randperm(needles, generator=generator)[:queries]
-        prompts[b, haystack + 2:] = keys[asked]
+        prompts[b, haystack + 2 :] = keys[asked]
         answers[b] = values[asked]
         where[b] = starts[asked]
     return RetrievalBatch(prompts, answers.flatten(1), where)
@@ -80,8 +87,9 @@ def held_out_set(count: int, context_len: int, seed: int = 10_000, **kwargs) -> 
 
 
 @torch.no_grad()
-def retrieval_accuracy(model, data: RetrievalBatch, *, batch_size: int = 8, steps: int | None = None,
-                       return_tokens: bool = False):
+def retrieval_accuracy(
+    model, data: RetrievalBatch, *, batch_size: int = 8, steps: int | None = None, return_tokens: bool = False
+):
     """Answer every prompt with `dlm.generate` (gen_length = answer length, `steps` = gen_length by default: one
     token per step, greedy, low-confidence order) and return the share of answer tokens that are right (and the
     answers if asked)."""
@@ -90,16 +98,24 @@ def retrieval_accuracy(model, data: RetrievalBatch, *, batch_size: int = 8, step
     gen_length = data.answers.shape[1]
     outputs = []
     for i in range(0, data.prompts.shape[0], batch_size):
-        prompts = data.prompts[i: i + batch_size]
+        prompts = data.prompts[i : i + batch_size]
         ids = generate(model, prompts, gen_length=gen_length, steps=steps or gen_length, mask_id=MASK)
-        outputs.append(ids[:, prompts.shape[1]:])
+        outputs.append(ids[:, prompts.shape[1] :])
     tokens = torch.cat(outputs)
     accuracy = float((tokens == data.answers).double().mean())
     return (accuracy, tokens) if return_tokens else accuracy
 
 
 __all__ = [
-    "BOS", "MASK", "NUM_NEEDLES", "NUM_QUERIES", "RetrievalBatch", "SEP", "VALUE_LEN", "VOCAB_SIZE", "held_out_set",
+    "BOS",
+    "MASK",
+    "NUM_NEEDLES",
+    "NUM_QUERIES",
+    "RetrievalBatch",
+    "SEP",
+    "VALUE_LEN",
+    "VOCAB_SIZE",
+    "held_out_set",
     "retrieval_accuracy",
     "sample_retrieval",
 ]

@@ -19,9 +19,10 @@ from .sd3 import SD3
 from .wan import WAN
 
 
-ADAPTERS: dict[str, Adapter] = {a.family: a for a in (
-    WAN, COGVIDEOX, FLUX, SD3, LTX, QWENIMAGE, HUNYUAN_VIDEO, MOCHI, MASKED_LM, LLADA2, DIFFUSION_GEMMA
-)}
+ADAPTERS: dict[str, Adapter] = {
+    a.family: a
+    for a in (WAN, COGVIDEOX, FLUX, SD3, LTX, QWENIMAGE, HUNYUAN_VIDEO, MOCHI, MASKED_LM, LLADA2, DIFFUSION_GEMMA)
+}
 
 # Every diffusers attention module; only calls with Sq == Sk and no mask are accelerated.
 GENERIC = Adapter(
@@ -49,7 +50,9 @@ def get_adapter(denoiser: torch.nn.Module, adapter: str | Adapter | None = None)
         if adapter == "generic":
             return GENERIC
         if adapter not in ADAPTERS:
-            raise SparseDiffusionError(f"adapter={adapter!r} is not known; choose one of {sorted(ADAPTERS)} or 'generic'.")
+            raise SparseDiffusionError(
+                f"adapter={adapter!r} is not known; choose one of {sorted(ADAPTERS)} or 'generic'."
+            )
         return ADAPTERS[adapter]
     cls = type(denoiser).__name__
     for candidate in ADAPTERS.values():

@@ -25,7 +25,12 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.95, 0.95, 0.95),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+}
 BACKGROUND = 0.08
 
 
@@ -54,7 +59,9 @@ def all_prompts() -> list[str]:
 
 #: Fixed prompts of the quality curve and the CI quality test.
 QUALITY_PROMPTS: tuple[str, ...] = (
-    "a red circle moving left", "a blue square moving down", "a yellow triangle moving right",
+    "a red circle moving left",
+    "a blue square moving down",
+    "a yellow triangle moving right",
     "a green circle moving up",
 )
 
@@ -145,8 +152,11 @@ class PromptCheck:
         in steps of <= MAX_STEP canvas per frame by one compact object (spread <= MAX_SPREAD): a copy that appears
         elsewhere while the original fades is not motion."""
         return (
-            self.colour_match >= 0.5 and self.along >= 0.15 and abs(self.across) < self.along
-            and self.max_step <= MAX_STEP and self.max_spread <= MAX_SPREAD
+            self.colour_match >= 0.5
+            and self.along >= 0.15
+            and abs(self.across) < self.along
+            and self.max_step <= MAX_STEP
+            and self.max_spread <= MAX_SPREAD
         )
 
 

@@ -150,9 +150,7 @@ def _word_tokenizer(specials: list[str], template: str, model_max_length: int, *
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     used = [s for s in specials if s in template]
-    tok.post_processor = processors.TemplateProcessing(
-        single=template, special_tokens=[(s, vocab[s]) for s in used]
-    )
+    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(s, vocab[s]) for s in used])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, **special_kwargs)
 
 
@@ -250,22 +248,44 @@ def build_tiny_wan_pipeline(
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=16,
-            out_channels=16, text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=2 * num_heads * head_dim,
-            num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKLWan(
-            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-        ))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: WanTransformer3DModel(
+                patch_size=(1, 2, 2),
+                num_attention_heads=num_heads,
+                attention_head_dim=head_dim,
+                in_channels=16,
+                out_channels=16,
+                text_dim=_TEXT_DIM,
+                freq_dim=256,
+                ffn_dim=2 * num_heads * head_dim,
+                num_layers=num_layers,
+                cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads",
+                rope_max_seq_len=1024,
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKLWan(
+                base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+            ),
+        )
         text_encoder = _t5_encoder(seed, 3, umt5=True)
     pipe = WanPipeline(
-        tokenizer=_t5_tokenizer(), text_encoder=text_encoder, vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=transformer,
+        tokenizer=_t5_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        transformer=transformer,
     )
     if locality is not None:
         if isinstance(locality, bool) or not isinstance(locality, (int, float)) or locality <= 0:
-            raise SparseDiffusionError(f"build_tiny_wan_pipeline: locality={locality!r} must be a positive number, e.g. 3.0.")
+            raise SparseDiffusionError(
+                f"build_tiny_wan_pipeline: locality={locality!r} must be a positive number, e.g. 3.0."
+            )
         _apply_locality_prior(transformer, float(locality), seed)
         return _mark(pipe, "random+locality-prior")
     return _mark(pipe)
@@ -298,20 +318,48 @@ def build_tiny_cogvideox_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
     )
 
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: CogVideoXTransformer3DModel(
-            num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=4, out_channels=4,
-            time_embed_dim=4, text_embed_dim=_TEXT_DIM, num_layers=num_layers, sample_width=8, sample_height=8,
-            sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKLCogVideoX(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
-            down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
-            layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
-        ))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: CogVideoXTransformer3DModel(
+                num_attention_heads=num_heads,
+                attention_head_dim=head_dim,
+                in_channels=4,
+                out_channels=4,
+                time_embed_dim=4,
+                text_embed_dim=_TEXT_DIM,
+                num_layers=num_layers,
+                sample_width=8,
+                sample_height=8,
+                sample_frames=9,
+                patch_size=2,
+                temporal_compression_ratio=4,
+                max_text_seq_length=226,
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKLCogVideoX(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                block_out_channels=(8, 8, 8, 8),
+                down_block_types=("CogVideoXDownBlock3D",) * 4,
+                up_block_types=("CogVideoXUpBlock3D",) * 4,
+                layers_per_block=1,
+                norm_num_groups=2,
+                temporal_compression_ratio=4,
+            ),
+        )
         text_encoder = _t5_encoder(seed, 3)
     scheduler = CogVideoXDDIMScheduler(
-        beta_schedule="scaled_linear", clip_sample=False, prediction_type="v_prediction",
-        rescale_betas_zero_snr=True, set_alpha_to_one=True, timestep_spacing="trailing",
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
     )
     pipe = CogVideoXPipeline(
         tokenizer=_t5_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
@@ -352,25 +400,66 @@ def build_tiny_flux_pipeline(
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: FluxTransformer2DModel(
-            patch_size=1, in_channels=4, num_layers=num_layers, num_single_layers=num_single_layers,
-            attention_head_dim=head_dim, num_attention_heads=num_heads, joint_attention_dim=_TEXT_DIM,
-            pooled_projection_dim=_TEXT_DIM, guidance_embeds=False, axes_dims_rope=_flux_rope_axes(head_dim),
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKL(
-            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-            latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-            shift_factor=0.0609, scaling_factor=1.5035,
-        ))
-        clip = _seeded(seed, 4, lambda: CLIPTextModel(CLIPTextConfig(
-            hidden_size=_TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            vocab_size=_vocab_size(), projection_dim=_TEXT_DIM, max_position_embeddings=77,
-            bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        )))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: FluxTransformer2DModel(
+                patch_size=1,
+                in_channels=4,
+                num_layers=num_layers,
+                num_single_layers=num_single_layers,
+                attention_head_dim=head_dim,
+                num_attention_heads=num_heads,
+                joint_attention_dim=_TEXT_DIM,
+                pooled_projection_dim=_TEXT_DIM,
+                guidance_embeds=False,
+                axes_dims_rope=_flux_rope_axes(head_dim),
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKL(
+                sample_size=32,
+                in_channels=3,
+                out_channels=3,
+                block_out_channels=(4,),
+                layers_per_block=1,
+                latent_channels=1,
+                norm_num_groups=1,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                shift_factor=0.0609,
+                scaling_factor=1.5035,
+            ),
+        )
+        clip = _seeded(
+            seed,
+            4,
+            lambda: CLIPTextModel(
+                CLIPTextConfig(
+                    hidden_size=_TEXT_DIM,
+                    intermediate_size=37,
+                    num_attention_heads=4,
+                    num_hidden_layers=2,
+                    vocab_size=_vocab_size(),
+                    projection_dim=_TEXT_DIM,
+                    max_position_embeddings=77,
+                    bos_token_id=0,
+                    eos_token_id=1,
+                    pad_token_id=1,
+                )
+            ),
+        )
         t5 = _t5_encoder(seed, 3)
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip, tokenizer=_clip_tokenizer(),
-        text_encoder_2=t5, tokenizer_2=_t5_tokenizer(), transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=t5,
+        tokenizer_2=_t5_tokenizer(),
+        transformer=transformer,
     )
     return _mark(pipe)
 
@@ -378,11 +467,24 @@ def build_tiny_flux_pipeline(
 def _clip_with_projection(seed: int, offset: int, hidden_size: int) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    return _seeded(seed, offset, lambda: CLIPTextModelWithProjection(CLIPTextConfig(
-        hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=_vocab_size(), projection_dim=hidden_size, max_position_embeddings=77,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
-    )))
+    return _seeded(
+        seed,
+        offset,
+        lambda: CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                hidden_size=hidden_size,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                vocab_size=_vocab_size(),
+                projection_dim=hidden_size,
+                max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        ),
+    )
 
 
 def build_tiny_sd3_pipeline(
@@ -422,24 +524,54 @@ def build_tiny_sd3_pipeline(
     )
 
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: SD3Transformer2DModel(
-            sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=num_layers,
-            attention_head_dim=head_dim, num_attention_heads=num_heads, caption_projection_dim=num_heads * head_dim,
-            joint_attention_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM, dual_attention_layers=dual,
-            qk_norm="rms_norm" if dual else None,
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKL(
-            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-            latent_channels=4, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-            shift_factor=0.0609, scaling_factor=1.5035,
-        ))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: SD3Transformer2DModel(
+                sample_size=32,
+                patch_size=2,
+                in_channels=4,
+                out_channels=4,
+                num_layers=num_layers,
+                attention_head_dim=head_dim,
+                num_attention_heads=num_heads,
+                caption_projection_dim=num_heads * head_dim,
+                joint_attention_dim=_TEXT_DIM,
+                pooled_projection_dim=_TEXT_DIM,
+                dual_attention_layers=dual,
+                qk_norm="rms_norm" if dual else None,
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKL(
+                sample_size=32,
+                in_channels=3,
+                out_channels=3,
+                block_out_channels=(4,),
+                layers_per_block=1,
+                latent_channels=4,
+                norm_num_groups=1,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                shift_factor=0.0609,
+                scaling_factor=1.5035,
+            ),
+        )
         t5 = _t5_encoder(seed, 3)
         clip_l = _clip_with_projection(seed, 4, _TEXT_DIM // 2)
         clip_g = _clip_with_projection(seed, 5, _TEXT_DIM // 2)
     pipe = StableDiffusion3Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, transformer=transformer,
-        text_encoder=clip_l, tokenizer=_clip_tokenizer(), text_encoder_2=clip_g, tokenizer_2=_clip_tokenizer(),
-        text_encoder_3=t5, tokenizer_3=_t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        transformer=transformer,
+        text_encoder=clip_l,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=clip_g,
+        tokenizer_2=_clip_tokenizer(),
+        text_encoder_3=t5,
+        tokenizer_3=_t5_tokenizer(),
     )
     return _mark(pipe)
 
@@ -470,18 +602,34 @@ def build_tiny_ltx_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim
     )
 
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: LTXVideoTransformer3DModel(
-            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=num_heads,
-            attention_head_dim=head_dim, cross_attention_dim=num_heads * head_dim, num_layers=num_layers,
-            caption_channels=_TEXT_DIM,
-        ))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: LTXVideoTransformer3DModel(
+                in_channels=8,
+                out_channels=8,
+                patch_size=1,
+                patch_size_t=1,
+                num_attention_heads=num_heads,
+                attention_head_dim=head_dim,
+                cross_attention_dim=num_heads * head_dim,
+                num_layers=num_layers,
+                caption_channels=_TEXT_DIM,
+            ),
+        )
 
         def make_vae():
             vae = AutoencoderKLLTXVideo(
-                latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                latent_channels=8,
+                block_out_channels=(8, 8, 8, 8),
+                decoder_block_out_channels=(8, 8, 8, 8),
                 spatio_temporal_scaling=(True, True, False, False),
-                decoder_spatio_temporal_scaling=(True, True, False, False), layers_per_block=(1, 1, 1, 1, 1),
-                decoder_layers_per_block=(1, 1, 1, 1, 1), patch_size=1, patch_size_t=1, encoder_causal=True,
+                decoder_spatio_temporal_scaling=(True, True, False, False),
+                layers_per_block=(1, 1, 1, 1, 1),
+                decoder_layers_per_block=(1, 1, 1, 1, 1),
+                patch_size=1,
+                patch_size_t=1,
+                encoder_causal=True,
                 decoder_causal=False,
             )
             vae.use_framewise_encoding = False
@@ -491,7 +639,10 @@ def build_tiny_ltx_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim
         vae = _seeded(seed, 2, make_vae)
         text_encoder = _t5_encoder(seed, 3)
     pipe = LTXPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=_t5_tokenizer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_t5_tokenizer(),
         transformer=transformer,
     )
     return _mark(pipe)
@@ -518,7 +669,10 @@ def _qwen_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
     tok.add_special_tokens(_QWEN_SPECIALS[:3])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=32768, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+        tokenizer_object=tok,
+        model_max_length=32768,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
         unk_token="<unk>",
     )
 
@@ -528,19 +682,42 @@ def _qwen_vl_encoder(seed: int, offset: int, vocab_size: int) -> torch.nn.Module
 
     # Vision token ids lie outside the vocabulary: text-only prompts never contain them.
     special_ids = dict(
-        vision_start_token_id=vocab_size, vision_end_token_id=vocab_size + 1, vision_token_id=vocab_size + 2,
-        image_token_id=vocab_size + 3, video_token_id=vocab_size + 4,
+        vision_start_token_id=vocab_size,
+        vision_end_token_id=vocab_size + 1,
+        vision_token_id=vocab_size + 2,
+        image_token_id=vocab_size + 3,
+        video_token_id=vocab_size + 4,
     )
     text_config = dict(
-        hidden_size=_TEXT_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=vocab_size, rope_theta=1000000.0, bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        hidden_size=_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        rope_theta=1000000.0,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=0,
         rope_scaling={"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
     )
     vision_config = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=_TEXT_DIM)
-    return _seeded(seed, offset, lambda: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        text_config=text_config, vision_config=vision_config, hidden_size=_TEXT_DIM, vocab_size=vocab_size,
-        bos_token_id=None, eos_token_id=2, pad_token_id=0, **special_ids,
-    )))
+    return _seeded(
+        seed,
+        offset,
+        lambda: Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(
+                text_config=text_config,
+                vision_config=vision_config,
+                hidden_size=_TEXT_DIM,
+                vocab_size=vocab_size,
+                bos_token_id=None,
+                eos_token_id=2,
+                pad_token_id=0,
+                **special_ids,
+            )
+        ),
+    )
 
 
 def build_tiny_qwenimage_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_dim: int = 64, seed: int = 0):
@@ -578,18 +755,40 @@ def build_tiny_qwenimage_pipeline(*, num_layers: int = 2, num_heads: int = 2, he
 
     tokenizer = _qwen_tokenizer()
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: QwenImageTransformer2DModel(
-            patch_size=2, in_channels=64, out_channels=16, num_layers=num_layers, attention_head_dim=head_dim,
-            num_attention_heads=num_heads, joint_attention_dim=_TEXT_DIM, guidance_embeds=False,
-            axes_dims_rope=_flux_rope_axes(head_dim),
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKLQwenImage(
-            base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-            latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
-        ))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: QwenImageTransformer2DModel(
+                patch_size=2,
+                in_channels=64,
+                out_channels=16,
+                num_layers=num_layers,
+                attention_head_dim=head_dim,
+                num_attention_heads=num_heads,
+                joint_attention_dim=_TEXT_DIM,
+                guidance_embeds=False,
+                axes_dims_rope=_flux_rope_axes(head_dim),
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKLQwenImage(
+                base_dim=4,
+                z_dim=16,
+                dim_mult=[1, 1, 1, 1],
+                num_res_blocks=1,
+                temperal_downsample=[False, True, True],
+                latents_mean=[0.0] * 16,
+                latents_std=[1.0] * 16,
+            ),
+        )
         text_encoder = _qwen_vl_encoder(seed, 3, len(tokenizer))
     pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
         transformer=transformer,
     )
     return _mark(pipe)
@@ -603,7 +802,12 @@ _HUNYUAN_TEMPLATE_WORDS = (
     "atmosphere angles movements transitions used"
 )
 _LLAMA_SPECIALS = [
-    "<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<unk>"
+    "<|end_of_text|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<unk>",
 ]
 
 
@@ -620,8 +824,12 @@ def _llama_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
     tok.add_special_tokens(_LLAMA_SPECIALS[:5])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, model_max_length=4096, pad_token="<|end_of_text|>", bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>", unk_token="<unk>",
+        tokenizer_object=tok,
+        model_max_length=4096,
+        pad_token="<|end_of_text|>",
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        unk_token="<unk>",
     )
 
 
@@ -669,29 +877,83 @@ def build_tiny_hunyuan_video_pipeline(
 
     tokenizer = _llama_tokenizer()
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: HunyuanVideoTransformer3DModel(
-            in_channels=4, out_channels=4, num_attention_heads=num_heads, attention_head_dim=head_dim,
-            num_layers=num_layers, num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=1,
-            patch_size_t=1, text_embed_dim=_TEXT_DIM, pooled_projection_dim=_TEXT_DIM,
-            rope_axes_dim=_flux_rope_axes(head_dim), guidance_embeds=True,
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKLHunyuanVideo(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
-            norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        ))
-        llama = _seeded(seed, 3, lambda: LlamaModel(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=_TEXT_DIM, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, pad_token_id=0,
-            bos_token_id=1, eos_token_id=4,
-        )))
-        clip = _seeded(seed, 4, lambda: CLIPTextModel(CLIPTextConfig(
-            hidden_size=_TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            vocab_size=_vocab_size(), projection_dim=_TEXT_DIM, max_position_embeddings=77,
-            bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        )))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: HunyuanVideoTransformer3DModel(
+                in_channels=4,
+                out_channels=4,
+                num_attention_heads=num_heads,
+                attention_head_dim=head_dim,
+                num_layers=num_layers,
+                num_single_layers=num_single_layers,
+                num_refiner_layers=1,
+                patch_size=1,
+                patch_size_t=1,
+                text_embed_dim=_TEXT_DIM,
+                pooled_projection_dim=_TEXT_DIM,
+                rope_axes_dim=_flux_rope_axes(head_dim),
+                guidance_embeds=True,
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKLHunyuanVideo(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=4,
+                block_out_channels=(8, 8, 8, 8),
+                layers_per_block=1,
+                norm_num_groups=4,
+                spatial_compression_ratio=8,
+                temporal_compression_ratio=4,
+            ),
+        )
+        llama = _seeded(
+            seed,
+            3,
+            lambda: LlamaModel(
+                LlamaConfig(
+                    vocab_size=len(tokenizer),
+                    hidden_size=_TEXT_DIM,
+                    intermediate_size=37,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    num_key_value_heads=4,
+                    max_position_embeddings=1024,
+                    pad_token_id=0,
+                    bos_token_id=1,
+                    eos_token_id=4,
+                )
+            ),
+        )
+        clip = _seeded(
+            seed,
+            4,
+            lambda: CLIPTextModel(
+                CLIPTextConfig(
+                    hidden_size=_TEXT_DIM,
+                    intermediate_size=37,
+                    num_attention_heads=4,
+                    num_hidden_layers=2,
+                    vocab_size=_vocab_size(),
+                    projection_dim=_TEXT_DIM,
+                    max_position_embeddings=77,
+                    bos_token_id=0,
+                    eos_token_id=1,
+                    pad_token_id=1,
+                )
+            ),
+        )
     pipe = HunyuanVideoPipeline(
-        text_encoder=llama, tokenizer=tokenizer, transformer=transformer, vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder_2=clip, tokenizer_2=_clip_tokenizer(),
+        text_encoder=llama,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder_2=clip,
+        tokenizer_2=_clip_tokenizer(),
     )
     return _mark(pipe)
 
@@ -718,18 +980,38 @@ def build_tiny_mochi_pipeline(*, num_layers: int = 2, num_heads: int = 2, head_d
     from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline, MochiTransformer3DModel
 
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 1, lambda: MochiTransformer3DModel(
-            patch_size=2, num_attention_heads=num_heads, attention_head_dim=head_dim, num_layers=num_layers,
-            pooled_projection_dim=_TEXT_DIM, in_channels=12, text_embed_dim=_TEXT_DIM, time_embed_dim=_TEXT_DIM,
-        ))
-        vae = _seeded(seed, 2, lambda: AutoencoderKLMochi(
-            latent_channels=12, out_channels=3, encoder_block_out_channels=(32,) * 4,
-            decoder_block_out_channels=(32,) * 4, layers_per_block=(1,) * 5,
-        ))
+        transformer = _seeded(
+            seed,
+            1,
+            lambda: MochiTransformer3DModel(
+                patch_size=2,
+                num_attention_heads=num_heads,
+                attention_head_dim=head_dim,
+                num_layers=num_layers,
+                pooled_projection_dim=_TEXT_DIM,
+                in_channels=12,
+                text_embed_dim=_TEXT_DIM,
+                time_embed_dim=_TEXT_DIM,
+            ),
+        )
+        vae = _seeded(
+            seed,
+            2,
+            lambda: AutoencoderKLMochi(
+                latent_channels=12,
+                out_channels=3,
+                encoder_block_out_channels=(32,) * 4,
+                decoder_block_out_channels=(32,) * 4,
+                layers_per_block=(1,) * 5,
+            ),
+        )
         text_encoder = _t5_encoder(seed, 3)
     pipe = MochiPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(invert_sigmas=True), vae=vae, text_encoder=text_encoder,
-        tokenizer=_t5_tokenizer(), transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(invert_sigmas=True),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_t5_tokenizer(),
+        transformer=transformer,
     )
     return _mark(pipe)
 
@@ -751,19 +1033,47 @@ def build_tiny_wan_i2v_pipeline(*, num_layers: int = 2, num_heads: int = 2, head
 
     t2v = build_tiny_wan_pipeline(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, seed=seed)
     with torch.random.fork_rng(devices=[]):
-        transformer = _seeded(seed, 4, lambda: WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim, in_channels=36,
-            out_channels=16, text_dim=_TEXT_DIM, freq_dim=256, ffn_dim=2 * num_heads * head_dim,
-            num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
-            image_dim=32,
-        ))
-        image_encoder = _seeded(seed, 5, lambda: CLIPVisionModel(CLIPVisionConfig(
-            hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-            image_size=32, patch_size=8,
-        )))
+        transformer = _seeded(
+            seed,
+            4,
+            lambda: WanTransformer3DModel(
+                patch_size=(1, 2, 2),
+                num_attention_heads=num_heads,
+                attention_head_dim=head_dim,
+                in_channels=36,
+                out_channels=16,
+                text_dim=_TEXT_DIM,
+                freq_dim=256,
+                ffn_dim=2 * num_heads * head_dim,
+                num_layers=num_layers,
+                cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads",
+                rope_max_seq_len=1024,
+                image_dim=32,
+            ),
+        )
+        image_encoder = _seeded(
+            seed,
+            5,
+            lambda: CLIPVisionModel(
+                CLIPVisionConfig(
+                    hidden_size=32,
+                    projection_dim=32,
+                    intermediate_size=37,
+                    num_attention_heads=4,
+                    num_hidden_layers=2,
+                    image_size=32,
+                    patch_size=8,
+                )
+            ),
+        )
     pipe = WanImageToVideoPipeline(
-        tokenizer=t2v.tokenizer, text_encoder=t2v.text_encoder, vae=t2v.vae, scheduler=t2v.scheduler,
-        image_processor=CLIPImageProcessor(crop_size=32, size=32), image_encoder=image_encoder,
+        tokenizer=t2v.tokenizer,
+        text_encoder=t2v.text_encoder,
+        vae=t2v.vae,
+        scheduler=t2v.scheduler,
+        image_processor=CLIPImageProcessor(crop_size=32, size=32),
+        image_encoder=image_encoder,
         transformer=transformer,
     )
     return _mark(pipe)

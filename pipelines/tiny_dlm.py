@@ -49,7 +49,9 @@ class TinyAttention(nn.Module):
     attention call itself is unchanged.
     """
 
-    def __init__(self, hidden: int, heads: int, kv_heads: int, token_shift: int = 0, rope_theta: float = 10000.0) -> None:
+    def __init__(
+        self, hidden: int, heads: int, kv_heads: int, token_shift: int = 0, rope_theta: float = 10000.0
+    ) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
         self.rope_theta = rope_theta
@@ -66,7 +68,7 @@ class TinyAttention(nn.Module):
         if not w:
             return x
         padded = F.pad(x, (0, 0, w, w))
-        return x + sum(padded[:, i: i + n] * self.shift[i] for i in range(2 * w + 1))
+        return x + sum(padded[:, i : i + n] * self.shift[i] for i in range(2 * w + 1))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
@@ -79,7 +81,9 @@ class TinyAttention(nn.Module):
 
 
 class TinyLayer(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int, token_shift: int = 0, rope_theta: float = 10000.0) -> None:
+    def __init__(
+        self, hidden: int, heads: int, kv_heads: int, token_shift: int = 0, rope_theta: float = 10000.0
+    ) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(hidden)
         self.attn = TinyAttention(hidden, heads, kv_heads, token_shift, rope_theta)
@@ -100,11 +104,26 @@ class TinyMaskedLM(nn.Module):
     Layers are `layers.N`, their attention `layers.N.attn` (what the `dlm` adapter accelerates).
     """
 
-    def __init__(self, vocab_size: int, hidden: int, num_layers: int, heads: int, kv_heads: int,
-                 token_shift: int = 0, rope_theta: float = 10000.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int,
+        num_layers: int,
+        heads: int,
+        kv_heads: int,
+        token_shift: int = 0,
+        rope_theta: float = 10000.0,
+    ) -> None:
         super().__init__()
-        self.config = dict(vocab_size=vocab_size, hidden=hidden, num_layers=num_layers, heads=heads, kv_heads=kv_heads,
-                           token_shift=token_shift, rope_theta=rope_theta)
+        self.config = dict(
+            vocab_size=vocab_size,
+            hidden=hidden,
+            num_layers=num_layers,
+            heads=heads,
+            kv_heads=kv_heads,
+            token_shift=token_shift,
+            rope_theta=rope_theta,
+        )
         self.embed = nn.Embedding(vocab_size, hidden)
         self.layers = nn.ModuleList(
             TinyLayer(hidden, heads, kv_heads, token_shift, rope_theta) for _ in range(num_layers)
@@ -124,8 +143,12 @@ class TinyMaskedLM(nn.Module):
         """The mask every layer's SDPA receives (None: fully bidirectional)."""
         return attention_mask
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Final normed hidden states [B, L, hidden] (`lm_head` of them are the logits)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device) if position_ids is None else position_ids
         mask = self.attention_mask(input_ids, attention_mask)
@@ -134,8 +157,12 @@ class TinyMaskedLM(nn.Module):
             x = layer(x, positions, mask)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> MaskedLMOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
         return MaskedLMOutput(self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids)))
 
 
@@ -229,7 +256,9 @@ def save_tiny_dlm(model: TinyMaskedLM, folder: str | Path, extra_config: dict | 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file(
+        {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
+    )
     (folder / "config.json").write_text(json.dumps(dict(model.config, **(extra_config or {})), indent=2) + "\n")
     return folder
 
@@ -258,6 +287,12 @@ def load_trained_tiny_dlm(folder: str | Path | None = None, *, dtype: torch.dtyp
 
 
 __all__ = [
-    "MaskedLMOutput", "TRAINED_DLM_DIR", "TinyBlockDiffusionLM", "TinyMaskedLM", "build_tiny_masked_lm",
-    "load_trained_tiny_dlm", "rotary", "save_tiny_dlm",
+    "MaskedLMOutput",
+    "TRAINED_DLM_DIR",
+    "TinyBlockDiffusionLM",
+    "TinyMaskedLM",
+    "build_tiny_masked_lm",
+    "load_trained_tiny_dlm",
+    "rotary",
+    "save_tiny_dlm",
 ]

@@ -72,9 +72,16 @@ def main(argv=None) -> int:
                 print(f"budget of {args.budget_s:.0f} s spent; stopping before N={n} density={density}", flush=True)
                 break
             result = bench_attention(
-                seq_len=n, heads=args.heads, head_dim=args.head_dim, density=density, dtype=getattr(torch, args.dtype),
-                block_size=(args.block_size, args.block_size), backends=tuple(args.backends.split(",")),
-                repeats=args.repeats, warmup=1, device=args.device,
+                seq_len=n,
+                heads=args.heads,
+                head_dim=args.head_dim,
+                density=density,
+                dtype=getattr(torch, args.dtype),
+                block_size=(args.block_size, args.block_size),
+                backends=tuple(args.backends.split(",")),
+                repeats=args.repeats,
+                warmup=1,
+                device=args.device,
             )
             result["summary"] = summary(result)
             summaries.append(result["summary"])

@@ -50,29 +50,44 @@ def parse_args():
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vae-base-dim", type=_positive_int, default=8, help="AutoencoderKLWan base_dim (channels of its first level)")
-    p.add_argument("--z-dim", type=_positive_int, default=8, help="latent channels of the VAE (and of the transformer's patches)")
+    p.add_argument(
+        "--vae-base-dim", type=_positive_int, default=8, help="AutoencoderKLWan base_dim (channels of its first level)"
+    )
+    p.add_argument(
+        "--z-dim", type=_positive_int, default=8, help="latent channels of the VAE (and of the transformer's patches)"
+    )
     p.add_argument("--resume-vae", action="store_true", help="reuse OUT/work/vae from an earlier run")
     p.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (resume with --resume-vae)")
     p.add_argument("--vae-init", type=Path, help="continue VAE training from this saved VAE folder")
-    p.add_argument("--vae-frames", type=_wan_frames, default=33, help="frames per VAE training clip (4k+1; 33 = the demo's length)")
+    p.add_argument(
+        "--vae-frames",
+        type=_wan_frames,
+        default=33,
+        help="frames per VAE training clip (4k+1; 33 = the demo's length)",
+    )
     p.add_argument("--vae-batch", type=_positive_int, default=2, help="clips per VAE training step")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="peak VAE learning rate")
     p.add_argument(
-        "--decoder-only", action="store_true",
+        "--decoder-only",
+        action="store_true",
         help="with --vae-init: train only the VAE decoder (the latent space, and a transformer trained on it, stay valid)",
     )
     p.add_argument(
-        "--init-transformer", type=Path,
+        "--init-transformer",
+        type=Path,
         help="with --resume-vae: start from this saved WanTransformer3DModel folder; tensors whose shape differs (the "
         "patch embedding and output projection after a --z-dim change) keep their fresh initialisation",
     )
     p.add_argument(
-        "--data-seed", type=int,
+        "--data-seed",
+        type=int,
         help="seed of the training clips (default: --seed + 1); a new one gives a continued run fresh clips",
     )
-    p.add_argument("--eval-only", action="store_true", help="only redo OUT/preview.png and the logged prompt check "
-                   "of the pipeline saved in OUT")
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="only redo OUT/preview.png and the logged prompt check of the pipeline saved in OUT",
+    )
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/loss_curve.png from OUT/train_log.jsonl")
     return p.parse_args()
 
@@ -83,17 +98,34 @@ def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
 
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(
-        base_dim=vae_base_dim, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+        base_dim=vae_base_dim,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
     )
     transformer = WanTransformer3DModel(
-        patch_size=(1, 1, 1), num_attention_heads=heads, attention_head_dim=64, in_channels=z_dim, out_channels=z_dim,
-        text_dim=tiny._TEXT_DIM, freq_dim=256, ffn_dim=4 * 64 * heads, num_layers=layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
+        patch_size=(1, 1, 1),
+        num_attention_heads=heads,
+        attention_head_dim=64,
+        in_channels=z_dim,
+        out_channels=z_dim,
+        text_dim=tiny._TEXT_DIM,
+        freq_dim=256,
+        ffn_dim=4 * 64 * heads,
+        num_layers=layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
     )
     text_encoder = tiny._t5_encoder(seed, 3, umt5=True)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
     return WanPipeline(
-        tokenizer=tiny._t5_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+        tokenizer=tiny._t5_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
     )
 
 
@@ -113,7 +145,7 @@ def vae_clips(gen, batch, frames):
             cy = int((spec.start[1] + dy * spec.travel / 2) * 128)
             x0 = max(0, min(64, cx - 32 + int(torch.randint(-16, 17, (1,), generator=gen))))
             y0 = max(0, min(64, cy - 32 + int(torch.randint(-16, 17, (1,), generator=gen))))
-            out.append(clip[:, :, y0:y0 + 64, x0:x0 + 64])
+            out.append(clip[:, :, y0 : y0 + 64, x0 : x0 + 64])
     return torch.stack(out) * 2 - 1
 
 
@@ -143,7 +175,13 @@ def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False, frames=33,
         opt.step()
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         if step % 25 == 0 or step == steps - 1:
-            log(stage="vae-decoder" if decoder_only else "vae", step=step, loss=round(smooth, 5), mse=round(F.mse_loss(rec, x).item(), 5), lr=lr)
+            log(
+                stage="vae-decoder" if decoder_only else "vae",
+                step=step,
+                loss=round(smooth, 5),
+                mse=round(F.mse_loss(rec, x).item(), 5),
+                lr=lr,
+            )
     vae.eval()
 
 
@@ -178,8 +216,12 @@ def train_transformer(pipe, stages, args, gen, log):
         lat, clip_prompts = encode_clips(pipe.vae, gen, n_clips, 33, size)
         lat = (lat - mean) / std
         ids = torch.tensor([index[p] for p in clip_prompts])
-        log(stage=f"encode{size}", clips=n_clips, seconds=round(time.time() - t_enc, 1),
-            latent_std=round(lat.std().item(), 3))
+        log(
+            stage=f"encode{size}",
+            clips=n_clips,
+            seconds=round(time.time() - t_enc, 1),
+            latent_std=round(lat.std().item(), 3),
+        )
         tr.train()
         smooth = None
         for _ in range(n_steps):
@@ -224,12 +266,16 @@ def latent_stats(vae, gen):
     from sparse_diffusion.pipelines import shapes
 
     x, _ = shapes.random_batch(gen, 16, 33, 128, 128)
-    z = torch.cat([vae.encode(x[i:i + 4] * 2 - 1).latent_dist.mode() for i in range(0, 16, 4)])
+    z = torch.cat([vae.encode(x[i : i + 4] * 2 - 1).latent_dist.mode() for i in range(0, 16, 4)])
     return z.mean((0, 2, 3, 4)).tolist(), z.std((0, 2, 3, 4)).tolist()
 
 
-PREVIEW_PROMPTS = ("a red circle moving right", "a blue square moving down", "a yellow triangle moving left",
-                   "a green circle moving up")
+PREVIEW_PROMPTS = (
+    "a red circle moving right",
+    "a blue square moving down",
+    "a yellow triangle moving left",
+    "a green circle moving up",
+)
 
 
 @torch.no_grad()
@@ -244,19 +290,38 @@ def preview(pipe, path: Path, seed: int, log):
     prompts = list(PREVIEW_PROMPTS) + [p for p in shapes.all_prompts()[::5] if p not in PREVIEW_PROMPTS]
     rows, checks = [], []
     for i, prompt in enumerate(prompts):
-        video = pipe(prompt, height=128, width=128, num_frames=33, num_inference_steps=20, guidance_scale=4.0,
-                     generator=torch.Generator().manual_seed(seed + i), output_type="np").frames[0]
+        video = pipe(
+            prompt,
+            height=128,
+            width=128,
+            num_frames=33,
+            num_inference_steps=20,
+            guidance_scale=4.0,
+            generator=torch.Generator().manual_seed(seed + i),
+            output_type="np",
+        ).frames[0]
         if i < len(PREVIEW_PROMPTS):
             rows.append(np.concatenate([video[f] for f in range(0, 33, 4)], axis=1))
         check = shapes.check_prompt(video, prompt)
         checks.append(check)
-        log(stage="prompt-check", prompt=prompt, colour_match=round(check.colour_match, 3),
-            along=round(check.along, 3), across=round(check.across, 3), max_step=round(check.max_step, 3),
-            max_spread=round(check.max_spread, 3), follows=check.follows)
+        log(
+            stage="prompt-check",
+            prompt=prompt,
+            colour_match=round(check.colour_match, 3),
+            along=round(check.along, 3),
+            across=round(check.across, 3),
+            max_step=round(check.max_step, 3),
+            max_spread=round(check.max_spread, 3),
+            follows=check.follows,
+        )
     Image.fromarray((np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)).save(path)
-    log(stage="prompt-check-total", prompts=len(checks), follows=sum(c.follows for c in checks),
+    log(
+        stage="prompt-check-total",
+        prompts=len(checks),
+        follows=sum(c.follows for c in checks),
         colour_match=round(float(np.mean([c.colour_match for c in checks])), 3),
-        direction_right=sum(c.along >= 0.15 and abs(c.across) < c.along for c in checks))
+        direction_right=sum(c.along >= 0.15 and abs(c.across) < c.along for c in checks),
+    )
 
 
 def plot_losses(out: Path) -> Path:
@@ -334,8 +399,11 @@ def main():
         return
     if args.data_seed is not None:
         gen.manual_seed(args.data_seed)
-    log(stage="latents", mean=[round(m, 3) for m in pipe.vae.config.latents_mean],
-        std=[round(s, 3) for s in pipe.vae.config.latents_std])
+    log(
+        stage="latents",
+        mean=[round(m, 3) for m in pipe.vae.config.latents_mean],
+        std=[round(s, 3) for s in pipe.vae.config.latents_std],
+    )
     if args.init_transformer is not None:
         from safetensors.torch import load_file
 
@@ -350,8 +418,12 @@ def main():
                 f"{len(saved)} in *.safetensors there); give the saved WanTransformer3DModel folder, e.g. OUT/transformer"
             )
         pipe.transformer.load_state_dict(kept, strict=False)
-        log(stage="init-transformer", loaded=len(kept), fresh=sorted(set(own) - set(kept)),
-            unused=sorted(set(saved) - set(kept)))
+        log(
+            stage="init-transformer",
+            loaded=len(kept),
+            fresh=sorted(set(own) - set(kept)),
+            unused=sorted(set(saved) - set(kept)),
+        )
     stages = [(args.low_steps, args.low_clips, 64, 8), (args.high_steps, args.high_clips, 128, 2)]
     train_transformer(pipe, [s for s in stages if s[0] > 0], args, gen, log)
     pipe.transformer.to(torch.float16)

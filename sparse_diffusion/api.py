@@ -39,8 +39,12 @@ class SparseHandle:
     """Handle of an accelerated denoiser: statistics, report, removal. Also a context manager (removes on exit)."""
 
     def __init__(
-        self, denoisers: dict[str, torch.nn.Module], controller: SparseController, adapter: Adapter,
-        torch_hooks: dict[str, list], pipe: Any = None,
+        self,
+        denoisers: dict[str, torch.nn.Module],
+        controller: SparseController,
+        adapter: Adapter,
+        torch_hooks: dict[str, list],
+        pipe: Any = None,
     ):
         self.denoisers = dict(denoisers)  # component name -> module (Wan 2.2: transformer and transformer_2)
         self.controller = controller
@@ -79,7 +83,9 @@ class SparseHandle:
         """Write `report()` as JSON to `path` (a file; parent folders are created)."""
         path = Path(path)
         if path.is_dir():
-            raise SparseDiffusionError(f"save_report: {str(path)!r} is a folder; give a file path such as report.json.")
+            raise SparseDiffusionError(
+                f"save_report: {str(path)!r} is a folder; give a file path such as report.json."
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.report(), indent=2))
         return path
@@ -188,7 +194,9 @@ def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionC
         cpu_kernel.build_error()
     if config.backend == "auto":
         return
-    probe = torch.empty(1, 1, 1, 64, dtype=param.dtype if param.dtype.is_floating_point else torch.float32, device=param.device)
+    probe = torch.empty(
+        1, 1, 1, 64, dtype=param.dtype if param.dtype.is_floating_point else torch.float32, device=param.device
+    )
     block = normalize_block_size(config.block_size, low=16, high=512)
     reasons = ops.sparse_backend_reasons(probe, need_lse=True, block_size=block)[config.backend]
     if reasons:
@@ -198,14 +206,19 @@ def _check_backend_can_serve(denoiser: torch.nn.Module, config: SparseAttentionC
         )
 
 
-def _make_config(config: SparseAttentionConfig | None, overrides: dict, adapter: Adapter | None = None
-                 ) -> SparseAttentionConfig:
+def _make_config(
+    config: SparseAttentionConfig | None, overrides: dict, adapter: Adapter | None = None
+) -> SparseAttentionConfig:
     """`config` with `overrides`; without a config, the adapter's `config_defaults` with `overrides`."""
     if config is not None and not isinstance(config, SparseAttentionConfig):
         raise SparseDiffusionError(f"config must be a SparseAttentionConfig or None, got {type(config).__name__}.")
     if config is None:
         defaults = dict(adapter.config_defaults) if adapter is not None else {}
-        return SparseAttentionConfig(**defaults).replace(**overrides) if defaults or overrides else SparseAttentionConfig()
+        return (
+            SparseAttentionConfig(**defaults).replace(**overrides)
+            if defaults or overrides
+            else SparseAttentionConfig()
+        )
     return config.replace(**overrides) if overrides else config
 
 
@@ -219,8 +232,12 @@ def _check_not_parallel(denoiser: torch.nn.Module) -> None:
 
 
 def _accelerate(
-    denoisers: dict[str, torch.nn.Module], config: SparseAttentionConfig, adapter: Adapter, total_steps_fn,
-    restart: bool, pipe,
+    denoisers: dict[str, torch.nn.Module],
+    config: SparseAttentionConfig,
+    adapter: Adapter,
+    total_steps_fn,
+    restart: bool,
+    pipe,
 ) -> SparseHandle:
     """Hook every denoiser under one controller. Layers of the first keep their module names; those of the others
     are prefixed with their component name (`transformer_2.blocks.0.attn1`), so each gets its own plans."""
@@ -244,8 +261,10 @@ def _accelerate(
     for denoiser in denoisers.values():
         previous = getattr(denoiser, _HANDLE_ATTR, None)
         if previous is not None:
-            logger.info("sparse-diffusion: %s was already accelerated; replacing the previous configuration",
-                        type(denoiser).__name__)
+            logger.info(
+                "sparse-diffusion: %s was already accelerated; replacing the previous configuration",
+                type(denoiser).__name__,
+            )
             previous.remove()
     controller = SparseController(
         config,
@@ -261,7 +280,9 @@ def _accelerate(
     handle = SparseHandle(denoisers, controller, adapter, torch_hooks, pipe)
     for denoiser in denoisers.values():
         setattr(denoiser, _HANDLE_ATTR, handle)
-    logger.info("sparse-diffusion: accelerating %d %s self-attention layers", len(controller.layer_names), adapter.family)
+    logger.info(
+        "sparse-diffusion: accelerating %d %s self-attention layers", len(controller.layer_names), adapter.family
+    )
     return handle
 
 

@@ -30,7 +30,9 @@ def _pad_seq(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, length - x.shape[2]))
 
 
-def _attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attend_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense attention [N, 1, L, D] returning (out, LSE float32 [N, 1, L]); CPU flash kernel when it can serve."""
     if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
@@ -201,7 +203,11 @@ def chunked_dense_with_stats(
 
 
 def _chunked_dense_with_stats(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: tuple[int, int], scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_size: tuple[int, int],
+    scale: float,
     allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dense attention, LSE and per-tile mass, chunked over query blocks (never Sq x Sk at once). `allowed`

@@ -32,7 +32,10 @@ class _TorchHookHandle:
         self.adapter = MASKED_LM
         layers = MASKED_LM.self_attention_layers(model)
         self.controller = controller = SparseController(
-            config, [name for name, _ in layers], lambda: None, restart_on_timestep_increase=True,
+            config,
+            [name for name, _ in layers],
+            lambda: None,
+            restart_on_timestep_increase=True,
             step_per_forward=True,
         )
         self.model, self.removed, modes = model, False, {}
@@ -53,8 +56,10 @@ class _TorchHookHandle:
             model.register_forward_hook(lambda m, a, o: controller.end_forward(), always_call=True),
         ]
         for _, module in layers:
-            self._hooks += [module.register_forward_pre_hook(enter),
-                            module.register_forward_hook(leave, always_call=True)]
+            self._hooks += [
+                module.register_forward_pre_hook(enter),
+                module.register_forward_hook(leave, always_call=True),
+            ]
         model._sparse_diffusion_handle = self
 
     def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
@@ -192,14 +197,25 @@ def bench_dlm(
     warmup = dev.type == "cuda" if warmup is None else warmup
     vocab = 256
     model = build_tiny_masked_lm(
-        "llada", vocab_size=vocab, hidden=heads * head_dim, num_layers=layers, heads=heads, kv_heads=kv_heads,
-        seed=seed, dtype=dtype,
+        "llada",
+        vocab_size=vocab,
+        hidden=heads * head_dim,
+        num_layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        seed=seed,
+        dtype=dtype,
     ).to(dev)
     mask_id = vocab - 1
     dense_config = SparseAttentionConfig(dense_steps=steps, block_size=block_size, backend=backend)
     sparse_config = SparseAttentionConfig(
-        dense_steps=dense_steps, block_size=block_size, policy="topk", topk_ratio=density, sparse_density_limit=1.0,
-        refresh_threshold=0.0, backend=backend,
+        dense_steps=dense_steps,
+        block_size=block_size,
+        policy="topk",
+        topk_ratio=density,
+        sparse_density_limit=1.0,
+        refresh_threshold=0.0,
+        backend=backend,
     )
     call = dict(gen_length=gen_length, steps=steps, block_length=block_length, mask_id=mask_id)
     rows, hooks = [], None
@@ -208,33 +224,47 @@ def bench_dlm(
         prompt = torch.randint(0, mask_id, (1, n - gen_length), generator=gen).to(dev)
         if warmup:
             for config in (dense_config, sparse_config):
-                _timed_generate(model, prompt, config, **dict(call, steps=2, gen_length=gen_length,
-                                                               block_length=None))
+                _timed_generate(model, prompt, config, **dict(call, steps=2, gen_length=gen_length, block_length=None))
         _, dense_s, dense_report, hooks = _timed_generate(model, prompt, dense_config, **call)
         _, sparse_s, sparse_report, hooks = _timed_generate(model, prompt, sparse_config, **call)
         dense_att = sum(dense_report["attention_time_s"].values())
         sparse_att = sum(sparse_report["attention_time_s"].values())
         # no sparse attention call (warm-up covers every step, or too few key blocks): both runs were dense
         ran_sparse = sparse_report["density"] is not None
-        rows.append({
-            "context": n, "prompt": n - gen_length,
-            "dense_s": round(dense_s, 4), "sparse_s": round(sparse_s, 4),
-            "speedup": round(dense_s / sparse_s, 3) if ran_sparse else None,
-            "dense_attention_s": round(dense_att, 4), "sparse_attention_s": round(sparse_att, 4),
-            "attention_share_dense": round(dense_att / dense_s, 3),
-            "attention_share_sparse": round(sparse_att / sparse_s, 3),
-            "attention_speedup": round(dense_att / sparse_att, 3) if sparse_att and ran_sparse else None,
-            "density": sparse_report["density"], "dense_steps": sparse_report["dense_steps"],
-            "sparse_steps": sparse_report["sparse_steps"],
-            "sparse_attention_by_phase_s": sparse_report["attention_time_s"],
-            "backends": sparse_report["backends"],
-        })
+        rows.append(
+            {
+                "context": n,
+                "prompt": n - gen_length,
+                "dense_s": round(dense_s, 4),
+                "sparse_s": round(sparse_s, 4),
+                "speedup": round(dense_s / sparse_s, 3) if ran_sparse else None,
+                "dense_attention_s": round(dense_att, 4),
+                "sparse_attention_s": round(sparse_att, 4),
+                "attention_share_dense": round(dense_att / dense_s, 3),
+                "attention_share_sparse": round(sparse_att / sparse_s, 3),
+                "attention_speedup": round(dense_att / sparse_att, 3) if sparse_att and ran_sparse else None,
+                "density": sparse_report["density"],
+                "dense_steps": sparse_report["dense_steps"],
+                "sparse_steps": sparse_report["sparse_steps"],
+                "sparse_attention_by_phase_s": sparse_report["attention_time_s"],
+                "backends": sparse_report["backends"],
+            }
+        )
     setup = {
         "model": f"TinyMaskedLM, random weights, {layers} layers, {heads} query / {kv_heads} kv heads of {head_dim}",
-        "gen_length": gen_length, "steps": steps, "block_length": block_length or gen_length,
-        "dense_steps": dense_steps, "density_target": density, "block_size": block_size, "backend": backend,
-        "dtype": str(dtype).replace("torch.", ""), "device": str(dev), "threads": torch.get_num_threads(),
-        "warmup": warmup, "hooks": hooks, "torch": torch.__version__,
+        "gen_length": gen_length,
+        "steps": steps,
+        "block_length": block_length or gen_length,
+        "dense_steps": dense_steps,
+        "density_target": density,
+        "block_size": block_size,
+        "backend": backend,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "warmup": warmup,
+        "hooks": hooks,
+        "torch": torch.__version__,
         "note": "one timed run per mode and length; attention time = wall time inside intercepted attention calls",
     }
     if dev.type == "cuda":
@@ -284,14 +314,25 @@ ACCURACY_POINTS: dict[str, dict | None] = {
     "topk 0.5": {"topk_ratio": 0.5, "cache_complement": False},
     "topk 0.2 + complement": {"topk_ratio": 0.2},
     "mass 0.9 (SparseAttentionConfig())": {"policy": "mass", "cache_complement": False},
-    "SparseD parity (select 0.3, skip 0.2)": {"topk_ratio": 0.3, "sparsed_selection": True, "refresh_threshold": 0.0,
-                                              "dense_steps": "sparsed", "cache_complement": False},
+    "SparseD parity (select 0.3, skip 0.2)": {
+        "topk_ratio": 0.3,
+        "sparsed_selection": True,
+        "refresh_threshold": 0.0,
+        "dense_steps": "sparsed",
+        "cache_complement": False,
+    },
 }
 
 
 def accuracy_sweep(
-    context_lengths: tuple[int, ...] = (1024, 2048, 4096), *, count: int = 64, points: dict | None = None,
-    base: SparseAttentionConfig | None = None, batch_size: int = 4, model=None, on_row=None,
+    context_lengths: tuple[int, ...] = (1024, 2048, 4096),
+    *,
+    count: int = 64,
+    points: dict | None = None,
+    base: SparseAttentionConfig | None = None,
+    batch_size: int = 4,
+    model=None,
+    on_row=None,
 ) -> dict:
     """Retrieval accuracy of the project-trained tiny DLM (`tiny_dlm.load_trained_tiny_dlm`), dense and accelerated,
     on `count` held-out prompts (`dlm_retrieval.held_out_set`) per context length: answers sampled with
@@ -345,10 +386,14 @@ def accuracy_sweep(
                     handle.remove()
                 config = handle.config if hasattr(handle, "config") else handle.controller.config
                 row.update(
-                    accuracy=acc, density=report["density"], effective_density=report["effective_density"],
+                    accuracy=acc,
+                    density=report["density"],
+                    effective_density=report["effective_density"],
                     planned_density=report["planned_density"],
-                    dense_steps=report["dense_steps"], sparse_steps=report["sparse_steps"],
-                    fallback_calls=report["calls"]["fallback"], config=config.to_dict(),
+                    dense_steps=report["dense_steps"],
+                    sparse_steps=report["sparse_steps"],
+                    fallback_calls=report["calls"]["fallback"],
+                    config=config.to_dict(),
                 )
             if dense_tokens is not None:
                 row["same_as_dense"] = float((tokens == dense_tokens).double().mean())
@@ -356,17 +401,23 @@ def accuracy_sweep(
             if on_row is not None:
                 on_row(row)
     setup = {
-        "model": "tiny_dlm_retrieval (project-trained, see its MODEL_CARD.md)", "count": count,
+        "model": "tiny_dlm_retrieval (project-trained, see its MODEL_CARD.md)",
+        "count": count,
         "task": f"{task.NUM_NEEDLES} needles, {task.NUM_QUERIES} query of {task.VALUE_LEN} tokens; gen_length = steps = {steps}",
-        "base_config": None if base is None else base.to_dict(), "threads": torch.get_num_threads(),
+        "base_config": None if base is None else base.to_dict(),
+        "threads": torch.get_num_threads(),
     }
     return {"setup": setup, "rows": rows}
 
 
-ACCURACY_HEADER = (f"{'context':>7s} {'point':42s} {'accuracy':>8s} {'=dense':>7s} {'density':>8s} {'planned':>8s} "
-                   f"{'steps d/s':>9s} {'fallback':>8s}")
-ACCURACY_NOTE = ("accuracy: share of answer tokens right; =dense: share identical to the dense answers; density: kept "
-                 "key blocks over sparse calls; steps d/s: dense / sparse steps of the last call")
+ACCURACY_HEADER = (
+    f"{'context':>7s} {'point':42s} {'accuracy':>8s} {'=dense':>7s} {'density':>8s} {'planned':>8s} "
+    f"{'steps d/s':>9s} {'fallback':>8s}"
+)
+ACCURACY_NOTE = (
+    "accuracy: share of answer tokens right; =dense: share identical to the dense answers; density: kept "
+    "key blocks over sparse calls; steps d/s: dense / sparse steps of the last call"
+)
 
 
 def format_accuracy_row(r: dict) -> str:
@@ -374,8 +425,10 @@ def format_accuracy_row(r: dict) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     steps = f"{r['dense_steps']}/{r['sparse_steps']}" if "sparse_steps" in r else "all/0"
-    return (f"{r['context']:7d} {r['label']:42s} {r['accuracy']:8.3f} {fmt(r.get('same_as_dense')):>7s} "
-            f"{fmt(r['density']):>8s} {fmt(r['planned_density']):>8s} {steps:>9s} {r.get('fallback_calls', 0):8d}")
+    return (
+        f"{r['context']:7d} {r['label']:42s} {r['accuracy']:8.3f} {fmt(r.get('same_as_dense')):>7s} "
+        f"{fmt(r['density']):>8s} {fmt(r['planned_density']):>8s} {steps:>9s} {r.get('fallback_calls', 0):8d}"
+    )
 
 
 def format_accuracy_table(result: dict) -> str:
@@ -383,6 +436,12 @@ def format_accuracy_table(result: dict) -> str:
 
 
 __all__ = [
-    "ACCURACY_POINTS", "accuracy_sweep", "attach", "bench_dlm", "check_sizes", "format_accuracy_row",
-    "format_accuracy_table", "format_table",
+    "ACCURACY_POINTS",
+    "accuracy_sweep",
+    "attach",
+    "bench_dlm",
+    "check_sizes",
+    "format_accuracy_row",
+    "format_accuracy_table",
+    "format_table",
 ]

@@ -28,7 +28,13 @@ OTHER_ROWS = ("dense", "flash_attn", "build")
 
 
 def random_block_mask(
-    batch: int, heads: int, seq_len: int, density: float, block_size: tuple[int, int], *, seed: int = 0,
+    batch: int,
+    heads: int,
+    seq_len: int,
+    density: float,
+    block_size: tuple[int, int],
+    *,
+    seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> BlockSparseMask:
     """Per-head random mask with exactly `round(density * KB)` kept key blocks per query block (diagonal kept)."""
@@ -118,8 +124,9 @@ def bench_attention(
     dense_time = None
     for name in backends:
         try:
-            entry = _bench_row(name, q, k, v, mask, block_size, rows, ref_sparse, ref_dense, token_pairs_kept,
-                               repeats, warmup, dev)
+            entry = _bench_row(
+                name, q, k, v, mask, block_size, rows, ref_sparse, ref_dense, token_pairs_kept, repeats, warmup, dev
+            )
         except Exception as exc:  # one failing row (a kernel that does not build here) must not lose the others
             logger.warning("bench row %s failed: %s", name, exc)
             entry = {"backend": name, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}
@@ -130,10 +137,20 @@ def bench_attention(
         if "median_s" in entry:
             entry["speedup_vs_dense"] = round(dense_time / entry["median_s"], 3) if dense_time else None
     setup = {
-        "seq_len": seq_len, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "batch": batch,
-        "density": round(float(mask.density().mean()), 4), "requested_density": density, "dtype": str(dtype).replace("torch.", ""),
-        "block_size": list(block_size), "device": str(dev), "repeats": repeats, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "dense_sdpa": _dense_sdpa_name(q),
+        "seq_len": seq_len,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "batch": batch,
+        "density": round(float(mask.density().mean()), 4),
+        "requested_density": density,
+        "dtype": str(dtype).replace("torch.", ""),
+        "block_size": list(block_size),
+        "device": str(dev),
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dense_sdpa": _dense_sdpa_name(q),
     }
     return {"setup": setup, "results": results}
 
@@ -238,7 +255,9 @@ def format_table(result: dict) -> str:
         lines.append("(no dense row: add 'dense' to --backends for speed-ups)")
     for r in result["results"]:
         if "skipped" in r or "error" in r:
-            lines.append(f"{r['backend']:10s} {'skipped' if 'skipped' in r else 'error'}: {r.get('skipped', r.get('error'))}")
+            lines.append(
+                f"{r['backend']:10s} {'skipped' if 'skipped' in r else 'error'}: {r.get('skipped', r.get('error'))}"
+            )
             continue
         lines.append(
             f"{r['backend']:10s} {r['median_s']:10.4f} {_ratio(r['speedup_vs_dense']):>8s} {r['max_abs_err']:12.2e} "

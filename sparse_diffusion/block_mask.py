@@ -113,7 +113,9 @@ class BlockSparseMask:
         counts = block_bool.sum(-1, dtype=torch.int32)
         # Stable sort of (not kept) puts kept block ids first, in ascending order.
         order = torch.sort((~block_bool).to(torch.int8), dim=-1, stable=True).indices
-        return cls(counts.contiguous(), order.to(torch.int32).contiguous(), (int(block_size[0]), int(block_size[1])), (sq, sk))
+        return cls(
+            counts.contiguous(), order.to(torch.int32).contiguous(), (int(block_size[0]), int(block_size[1])), (sq, sk)
+        )
 
     def to_dense(self) -> torch.Tensor:
         """Bool block table [B, H, QB, KB] (True = kept)."""
@@ -138,7 +140,9 @@ class BlockSparseMask:
         return self.kv_num_blocks.float().mean(-1) / self.num_kv_blocks
 
     def to(self, device: torch.device | str) -> "BlockSparseMask":
-        return BlockSparseMask(self.kv_num_blocks.to(device), self.kv_indices.to(device), self.block_size, self.seq_lengths)
+        return BlockSparseMask(
+            self.kv_num_blocks.to(device), self.kv_indices.to(device), self.block_size, self.seq_lengths
+        )
 
     def validate(self) -> None:
         """Check dtypes, shapes and index ranges.
@@ -167,7 +171,9 @@ class BlockSparseMask:
         valid = torch.arange(idx.shape[-1], device=idx.device) < n[..., None]
         used = idx[valid]
         if used.numel() and (int(used.min()) < 0 or int(used.max()) >= kb):
-            raise SparseDiffusionError(f"kv_indices must lie in [0, {kb}), got [{int(used.min())}, {int(used.max())}].")
+            raise SparseDiffusionError(
+                f"kv_indices must lie in [0, {kb}), got [{int(used.min())}, {int(used.max())}]."
+            )
         if used.numel() and bool((idx[..., 1:] <= idx[..., :-1])[valid[..., 1:]].any()):
             raise SparseDiffusionError("kv_indices must be strictly ascending within each row's kept entries.")
 

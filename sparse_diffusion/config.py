@@ -148,7 +148,9 @@ class SparseAttentionConfig:
         self.min_kv_blocks = int(mk)
         rt = self.refresh_threshold
         if isinstance(rt, bool) or not isinstance(rt, numbers.Real) or not (0.0 <= float(rt) <= 1.0):
-            raise SparseDiffusionError(f"refresh_threshold={rt!r} must be a number in [0, 1] (0 disables re-planning).")
+            raise SparseDiffusionError(
+                f"refresh_threshold={rt!r} must be a number in [0, 1] (0 disables re-planning)."
+            )
         self.refresh_threshold = float(rt)
         limit = self.sparse_density_limit
         if limit is not None:
@@ -163,7 +165,8 @@ class SparseAttentionConfig:
         if self.token_tile is not None:
             tile = self.token_tile
             if (
-                not isinstance(tile, (tuple, list)) or len(tile) != 3
+                not isinstance(tile, (tuple, list))
+                or len(tile) != 3
                 or not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 1 for t in tile)
             ):
                 raise SparseDiffusionError(
@@ -171,8 +174,13 @@ class SparseAttentionConfig:
                 )
             self.token_tile = tuple(int(t) for t in tile)
             _warn_tile_volume(self.token_tile, self.block_size[0])
-        for name in ("cache_complement", "keep_text_tokens", "keep_generated_tokens", "collect_timings",
-                     "sparsed_selection"):
+        for name in (
+            "cache_complement",
+            "keep_text_tokens",
+            "keep_generated_tokens",
+            "collect_timings",
+            "sparsed_selection",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise SparseDiffusionError(f"{name}={getattr(self, name)!r} must be True or False.")
         if self.sparsed_selection:
@@ -190,7 +198,9 @@ class SparseAttentionConfig:
             raise SparseDiffusionError(
                 f"dense_layers={self.dense_layers!r} must be a tuple of layer indices or module names, e.g. (0, -1)."
             )
-        layers = tuple(int(e) if isinstance(e, numbers.Integral) and not isinstance(e, bool) else e for e in self.dense_layers)
+        layers = tuple(
+            int(e) if isinstance(e, numbers.Integral) and not isinstance(e, bool) else e for e in self.dense_layers
+        )
         for entry in layers:
             if isinstance(entry, bool) or not isinstance(entry, (str, int)):
                 raise SparseDiffusionError(
@@ -226,11 +236,15 @@ class SparseAttentionConfig:
     def from_dict(cls, data: dict[str, Any]) -> "SparseAttentionConfig":
         """Inverse of `to_dict`; unknown keys raise `SparseDiffusionError` naming them."""
         if not isinstance(data, dict):
-            raise SparseDiffusionError(f"from_dict needs a dict of SparseAttentionConfig fields, got {type(data).__name__}.")
+            raise SparseDiffusionError(
+                f"from_dict needs a dict of SparseAttentionConfig fields, got {type(data).__name__}."
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SparseDiffusionError(f"unknown SparseAttentionConfig fields {unknown}; known fields: {sorted(known)}.")
+            raise SparseDiffusionError(
+                f"unknown SparseAttentionConfig fields {unknown}; known fields: {sorted(known)}."
+            )
         data = dict(data)
         if isinstance(data.get("block_size"), list):
             data["block_size"] = tuple(data["block_size"])
@@ -255,5 +269,8 @@ def _warn_tile_volume(tile: tuple[int, int, int], block_q: int) -> None:
         logger.warning(
             "token_tile=%s has volume %d but block_size[0] (BLOCK_Q) is %d: attention stays exact, but mask blocks "
             "are not single space-time tiles; choose a tile of volume %d, e.g. (2, 8, 8) for 128.",
-            tile, volume, block_q, block_q,
+            tile,
+            volume,
+            block_q,
+            block_q,
         )

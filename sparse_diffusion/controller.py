@@ -47,7 +47,9 @@ class LayerPlan:
     seq_lens_k: torch.Tensor | None  # int32 [B] valid keys per batch element (varlen key padding), on q's device
     dense_reason: str | None = None  # set when the planned density is above the sparse break-even
     refresh: bool = False
-    complement: torch.Tensor | None = None  # [B, H, Sq, D]: dropped blocks' share of the dense output (cache_complement)
+    complement: torch.Tensor | None = (
+        None  # [B, H, Sq, D]: dropped blocks' share of the dense output (cache_complement)
+    )
     complement_mass: torch.Tensor | None = None  # [B, H, Sq, 1] float32: their softmax mass, 1 - kept share
     allowed: torch.Tensor | None = None  # tile table of the call's attention mask (block-causal, ...) or None
 
@@ -64,7 +66,9 @@ class LayerStats:
     fallbacks: Counter = field(default_factory=Counter)
     backends: Counter = field(default_factory=Counter)
     planned_density: list = field(default_factory=list)
-    full_calls_after_warmup: int = 0  # calls after the warm-up that ran the full attention (not sparse, passed through)
+    full_calls_after_warmup: int = (
+        0  # calls after the warm-up that ran the full attention (not sparse, passed through)
+    )
     pending_cuda_times: list = field(default_factory=list)  # (phase, start event, end event), resolved on report
 
     def resolve_times(self) -> None:
@@ -189,7 +193,10 @@ class SparseController:
         self.runs.append({"total_steps": self.total_steps, "dense_steps": warmup, "_sparse": set(), "_seen": set()})
 
     def begin_forward(
-        self, timestep: float | None, context_name: str | None, text_len: int = 0,
+        self,
+        timestep: float | None,
+        context_name: str | None,
+        text_len: int = 0,
         grid: tuple[int, int, int] | None = None,
     ) -> None:
         """Called before every denoiser forward with the (max) timestep value of that forward (None in
@@ -249,7 +256,9 @@ class SparseController:
             return Phase.BUILD, "no plan for this context"
         if plan.geometry != geometry:
             return Phase.BUILD, "input geometry changed"
-        if (plan.allowed is None) != (allowed is None) or (allowed is not None and not torch.equal(plan.allowed, allowed)):
+        if (plan.allowed is None) != (allowed is None) or (
+            allowed is not None and not torch.equal(plan.allowed, allowed)
+        ):
             return Phase.BUILD, "attention mask changed"
         if plan.refresh:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
@@ -300,9 +309,19 @@ class SparseController:
         return ranges, [(query_offset, sk)] if generated and query_offset else []
 
     def attention(
-        self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, dense_fn: Callable,
-        *, call_index: int = 0, seq_lens_k: tuple[int, ...] | None = None, rotation: int = 0,
-        allowed: torch.Tensor | None = None, query_offset: int = 0,
+        self,
+        layer: str,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float | None,
+        dense_fn: Callable,
+        *,
+        call_index: int = 0,
+        seq_lens_k: tuple[int, ...] | None = None,
+        rotation: int = 0,
+        allowed: torch.Tensor | None = None,
+        query_offset: int = 0,
     ) -> torch.Tensor:
         """Serve one eligible self-attention call; `dense_fn()` runs the original.
 
@@ -322,8 +341,15 @@ class SparseController:
         text_len = self._call_text_len(q.shape[2])
         perm = None if rotation or allowed is not None else self._tile_permutation(q, k, text_len)
         geometry = (
-            tuple(q.shape), tuple(k.shape), q.dtype, q.device, text_len, self.grid if perm else None, seq_lens_k,
-            rotation, query_offset,
+            tuple(q.shape),
+            tuple(k.shape),
+            q.dtype,
+            q.device,
+            text_len,
+            self.grid if perm else None,
+            seq_lens_k,
+            rotation,
+            query_offset,
         )
         key = (self.context, layer, call_index)
         phase, replan_reason = self._phase(layer, key, geometry, allowed)
@@ -370,7 +396,19 @@ class SparseController:
         return out
 
     def _build(
-        self, layer, key, geometry, q, k, v, scale, stats, dense_ranges, seq_lens_k, allowed=None, rotation=0,
+        self,
+        layer,
+        key,
+        geometry,
+        q,
+        k,
+        v,
+        scale,
+        stats,
+        dense_ranges,
+        seq_lens_k,
+        allowed=None,
+        rotation=0,
         query_offset=0,
     ) -> torch.Tensor:
         if self.config.sparsed_selection and (allowed is not None or seq_lens_k is not None or rotation):
@@ -387,8 +425,14 @@ class SparseController:
             q, self.config.backend, need_lse=True, block_size=self.config.block_size, varlen=seq_lens_k is not None
         )
         out, lse, mass = ops.dense_attention_with_stats(
-            q, k, v, self.config.block_size, scale=scale, backend=dispatch.build_backend(self.config.backend),
-            seq_lens_k=seq_lens_k, allowed=allowed,
+            q,
+            k,
+            v,
+            self.config.block_size,
+            scale=scale,
+            backend=dispatch.build_backend(self.config.backend),
+            seq_lens_k=seq_lens_k,
+            allowed=allowed,
         )
         if backend_health.disabled_reason(backend):  # it failed in the stats pass: `auto` takes the next one
             backend = ops.choose_sparse_backend(
@@ -400,8 +444,14 @@ class SparseController:
         else:
             token_ranges, key_ranges = dense_ranges
             mask = plan_block_mask(
-                mass, self.config, (sq, sk), dense_token_ranges=token_ranges, seq_lens_k=seq_lens_k, allowed=allowed,
-                query_offset=query_offset, dense_key_ranges=key_ranges,
+                mass,
+                self.config,
+                (sq, sk),
+                dense_token_ranges=token_ranges,
+                seq_lens_k=seq_lens_k,
+                allowed=allowed,
+                query_offset=query_offset,
+                dense_key_ranges=key_ranges,
             )
         build_kept = kept_mass(mass, mask)
         limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[backend]
@@ -428,7 +478,11 @@ class SparseController:
         generated = None
         if start < sk:
             _, _, generated = ops.dense_attention_with_stats(
-                q, k[:, :, start:], v[:, :, start:], self.config.block_size, scale=scale,
+                q,
+                k[:, :, start:],
+                v[:, :, start:],
+                self.config.block_size,
+                scale=scale,
                 backend=dispatch.build_backend(self.config.backend),
             )
         return plan_sparsed_mask(
@@ -457,7 +511,8 @@ class SparseController:
         """Memory held by cached complements now (bytes)."""
         return sum(
             p.complement.numel() * p.complement.element_size() + p.complement_mass.numel() * 4
-            for p in self.plans.values() if p.complement is not None
+            for p in self.plans.values()
+            if p.complement is not None
         )
 
     def _rebind(self, plan: LayerPlan, q: torch.Tensor, stats: LayerStats) -> None:
@@ -473,7 +528,9 @@ class SparseController:
         stats.fallbacks[f"backend {old} disabled after it failed ({failed}); served by {plan.backend}"] += 1
         limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[plan.backend]
         if plan.dense_reason is None and float(plan.head_density.mean()) > limit:
-            plan.dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {plan.backend}; ran dense"
+            plan.dense_reason = (
+                f"planned density above the sparse break-even {limit:.2f} of backend {plan.backend}; ran dense"
+            )
 
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]
@@ -523,7 +580,9 @@ class SparseController:
         if not pending:
             return
         nan = torch.tensor(float("nan"))
-        flags = torch.stack([torch.stack([f.float(), (nan.to(f.device) if m is None else m.float())]) for _, f, m in pending])
+        flags = torch.stack(
+            [torch.stack([f.float(), (nan.to(f.device) if m is None else m.float())]) for _, f, m in pending]
+        )
         for (key, _, _), (finite, kept) in zip(pending, flags.cpu().tolist()):
             plan = self.plans.get(key)
             if plan is None:
@@ -596,4 +655,3 @@ class _Timer:
             stats.pending_cuda_times.append((phase, *self.events))
         else:
             stats.time_s[phase] += self.elapsed
-

@@ -161,7 +161,9 @@ def choose(call: SparseCall, backend: str = "auto") -> str:
     raise SparseDiffusionError(f"no backend can serve this call: {skipped}")  # pragma: no cover - reference serves all
 
 
-def run(call: SparseCall, backend: str, k, v, mask, scale: float, seq_lens_k) -> tuple[torch.Tensor, torch.Tensor | None]:
+def run(
+    call: SparseCall, backend: str, k, v, mask, scale: float, seq_lens_k
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Serve `call` with `choose(call, backend)`. A kernel failure that is not an input error disables that backend
     once (`backend_health`); `auto` then goes on with the next one, a forced backend raises.
 

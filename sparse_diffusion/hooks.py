@@ -101,7 +101,9 @@ def install_hooks(denoiser, controller, adapter, layers: list[tuple[str, object]
         opener = denoiser.get_submodule(adapter.call_module)
         handles.append(opener.register_forward_pre_hook(lambda module, args: controller.begin_call()))
     for name, module in layers:
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(AttentionLayerHook(controller, name), ATTENTION_HOOK)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(
+            AttentionLayerHook(controller, name), ATTENTION_HOOK
+        )
     HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()
     return handles
 

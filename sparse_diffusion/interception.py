@@ -151,7 +151,12 @@ def ineligible_reason(call: dict, block_k: int, trimmed: bool = False, query_suf
         return "heads of q and k/v differ without enable_gqa"
     if not (q.shape[-1] == k.shape[-1] == v.shape[-1]):
         return "q/k/v head dims differ"
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+    ):
         return f"dtype {q.dtype} not supported"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return "autograd (training) is not supported by the sparse kernels"
@@ -209,9 +214,16 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.served += 1
         out = self.controller.attention(
-            self.layer, call["query"], call["key"], call["value"], call["scale"],
+            self.layer,
+            call["query"],
+            call["key"],
+            call["value"],
+            call["scale"],
             lambda: _rotate(func(*args, **kwargs), shift),
-            call_index=self.served - 1, seq_lens_k=seq_lens_k, rotation=shift, allowed=allowed,
+            call_index=self.served - 1,
+            seq_lens_k=seq_lens_k,
+            rotation=shift,
+            allowed=allowed,
             query_offset=call["key"].shape[2] - q.shape[2] if prefix else 0,
         )
         return _rotate(out, -shift)

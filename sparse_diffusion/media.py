@@ -131,8 +131,14 @@ def write_video(frames: Any, path: str | Path, fps: float = 8, *, quality: float
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio_ffmpeg.write_frames(
-        str(path), (video.shape[2], video.shape[1]), pix_fmt_in="rgb24", pix_fmt_out="yuv420p", fps=float(fps),
-        quality=float(quality), codec="libx264", macro_block_size=1,
+        str(path),
+        (video.shape[2], video.shape[1]),
+        pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p",
+        fps=float(fps),
+        quality=float(quality),
+        codec="libx264",
+        macro_block_size=1,
     )
     try:
         try:

@@ -57,8 +57,10 @@ def _resolve_range(a: np.ndarray, b: np.ndarray, data_range: float | None, where
         raise SparseDiffusionError(
             f"{where}: cannot infer data_range for dtype {a.dtype}; pass data_range explicitly."
         )
-    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not (
-        math.isfinite(data_range) and data_range > 0
+    if (
+        isinstance(data_range, bool)
+        or not isinstance(data_range, (int, float))
+        or not (math.isfinite(data_range) and data_range > 0)
     ):
         raise SparseDiffusionError(
             f"{where}: data_range={data_range!r} must be a positive finite number (255.0 for uint8, 1.0 for "

@@ -25,9 +25,7 @@ BREAK_EVEN_DENSITY = dispatch.BREAK_EVEN_DENSITY  # backend -> mask density abov
 
 
 def _describe(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
-    return (
-        f"q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype}, v {tuple(v.shape)} {v.dtype} on {q.device}"
-    )
+    return f"q {tuple(q.shape)} {q.dtype}, k {tuple(k.shape)} {k.dtype}, v {tuple(v.shape)} {v.dtype} on {q.device}"
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -85,13 +83,21 @@ def _check_mask(q: torch.Tensor, k: torch.Tensor, mask: BlockSparseMask) -> None
 
 
 def _check_allowed(
-    allowed: torch.Tensor, q: torch.Tensor, k: torch.Tensor, block_size: tuple[int, int], seq_lens_k: torch.Tensor | None
+    allowed: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: tuple[int, int],
+    seq_lens_k: torch.Tensor | None,
 ) -> None:
     b, h, sq = q.shape[:3]
     want = (num_blocks(sq, block_size[0]), num_blocks(k.shape[2], block_size[1]))
     if (
-        not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.dim() != 4
-        or allowed.shape[0] not in (1, b) or allowed.shape[1] not in (1, h) or tuple(allowed.shape[2:]) != want
+        not isinstance(allowed, torch.Tensor)
+        or allowed.dtype != torch.bool
+        or allowed.dim() != 4
+        or allowed.shape[0] not in (1, b)
+        or allowed.shape[1] not in (1, h)
+        or tuple(allowed.shape[2:]) != want
     ):
         raise SparseDiffusionError(
             f"allowed must be a bool tile table [B or 1, H or 1, QB, KB] = [{b} or 1, {h} or 1, {want[0]}, {want[1]}], "
@@ -102,7 +108,9 @@ def _check_allowed(
         allowed = allowed & (starts < seq_lens_k.to(allowed.device)[:, None])[:, None, None, :]
     if not bool(allowed.any(-1).all()):
         where = " starting below its seq_lens_k" if seq_lens_k is not None else ""
-        raise SparseDiffusionError(f"allowed has a query block with no allowed key tile{where}; its rows would be empty.")
+        raise SparseDiffusionError(
+            f"allowed has a query block with no allowed key tile{where}; its rows would be empty."
+        )
 
 
 def check_seq_lens_k(seq_lens_k, q: torch.Tensor, k: torch.Tensor, check_values: bool = True) -> torch.Tensor | None:
@@ -118,11 +126,17 @@ def check_seq_lens_k(seq_lens_k, q: torch.Tensor, k: torch.Tensor, check_values:
     if seq_lens_k is None:
         return None
     b, sk = q.shape[0], k.shape[2]
-    if isinstance(seq_lens_k, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in seq_lens_k):
+    if isinstance(seq_lens_k, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in seq_lens_k
+    ):
         if any(not -(2**63) <= x < 2**63 for x in seq_lens_k):
             raise SparseDiffusionError(f"seq_lens_k={list(seq_lens_k)} must lie in [1, Sk={sk}].")
         seq_lens_k = torch.tensor(seq_lens_k, dtype=torch.int64)
-    if not isinstance(seq_lens_k, torch.Tensor) or seq_lens_k.dtype.is_floating_point or seq_lens_k.dtype == torch.bool:
+    if (
+        not isinstance(seq_lens_k, torch.Tensor)
+        or seq_lens_k.dtype.is_floating_point
+        or seq_lens_k.dtype == torch.bool
+    ):
         raise SparseDiffusionError(
             f"seq_lens_k must be an integer tensor [B] (or a list of B ints) of valid key counts, got "
             f"{getattr(seq_lens_k, 'dtype', type(seq_lens_k).__name__)}; pass e.g. torch.tensor([{sk}] * {b}, "
@@ -283,7 +297,10 @@ def dense_attention_with_stats(
             raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
     triton_call = dispatch.SparseCall(q, True, bs, False)
     if backend == "triton" or (
-        backend == "auto" and allowed is None and q.device.type == "cuda" and not dispatch.reasons("triton", triton_call)
+        backend == "auto"
+        and allowed is None
+        and q.device.type == "cuda"
+        and not dispatch.reasons("triton", triton_call)
     ):
         reasons = dispatch.reasons("triton", triton_call)
         if reasons:
@@ -296,7 +313,9 @@ def dense_attention_with_stats(
             raise
         except Exception as exc:  # disabled once; `auto` continues with the chunked PyTorch pass
             if backend_health.is_memory_error(exc):
-                raise SparseDiffusionError(f"the Triton build kernel ran out of memory for {_describe(q, k, v)}.") from exc
+                raise SparseDiffusionError(
+                    f"the Triton build kernel ran out of memory for {_describe(q, k, v)}."
+                ) from exc
             reason = backend_health.disable("triton", exc)
             if backend == "triton":
                 raise SparseDiffusionError(

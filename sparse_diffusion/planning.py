@@ -116,8 +116,13 @@ def plan_block_mask(
     chosen_sorted = rank < keep[..., None]
     chosen = torch.zeros_like(chosen_sorted).scatter_(-1, order, chosen_sorted)
     chosen |= forced_blocks(
-        config.block_size, tuple(seq_lengths), dense_token_ranges, keep_diagonal, mass.device,
-        query_offset=query_offset, dense_key_ranges=dense_key_ranges,
+        config.block_size,
+        tuple(seq_lengths),
+        dense_token_ranges,
+        keep_diagonal,
+        mass.device,
+        query_offset=query_offset,
+        dense_key_ranges=dense_key_ranges,
     )
     if allowed is not None:
         chosen &= allowed.to(chosen.device)

@@ -36,16 +36,27 @@ DEFAULT_POINTS: list[tuple[str, dict]] = [
         for ratio in (0.1, 0.2, 0.3, 0.45)
     ],
     *[
-        (f"warm-up 40%, top-k {ratio:.2f}, no re-planning", {"dense_steps": 0.4, **_TOPK, "topk_ratio": ratio, **_FIXED})
+        (
+            f"warm-up 40%, top-k {ratio:.2f}, no re-planning",
+            {"dense_steps": 0.4, **_TOPK, "topk_ratio": ratio, **_FIXED},
+        )
         for ratio in (0.3, 0.45)
     ],
     *[
-        (f"warm-up 40%, top-k {ratio:.2f}, complement cache, no re-planning",
-         {"dense_steps": 0.4, **_TOPK, "topk_ratio": ratio, "cache_complement": True, **_FIXED})
+        (
+            f"warm-up 40%, top-k {ratio:.2f}, complement cache, no re-planning",
+            {"dense_steps": 0.4, **_TOPK, "topk_ratio": ratio, "cache_complement": True, **_FIXED},
+        )
         for ratio in (0.3, 0.45)
     ],
-    ("warm-up 40%, top-k 0.30, token tiles (2,8,8)", {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.3, "token_tile": (2, 8, 8)}),
-    ("warm-up 40%, top-k 0.30, dense first+last layer", {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.3, "dense_layers": (0, -1)}),
+    (
+        "warm-up 40%, top-k 0.30, token tiles (2,8,8)",
+        {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.3, "token_tile": (2, 8, 8)},
+    ),
+    (
+        "warm-up 40%, top-k 0.30, dense first+last layer",
+        {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.3, "dense_layers": (0, -1)},
+    ),
     *[
         (f"warm-up 40%, mass {thr:.2f}", {"dense_steps": 0.4, "policy": "mass", "mass_threshold": thr})
         for thr in (0.9, 0.95)
@@ -53,36 +64,72 @@ DEFAULT_POINTS: list[tuple[str, dict]] = [
     ("warm-up 50%, top-k 0.30", {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3}),
     # the demo's config (cli.DEMO_CONFIG: warm-up 50%, top-k 0.40, 64-token blocks) and its neighbours, all with the
     # mask fixed and complement caching
-    ("warm-up 40%, top-k 0.40, complement cache, no re-planning",
-     {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED}),
-    ("warm-up 40%, top-k 0.40, complement cache, token tiles, no re-planning",
-     {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, "token_tile": (2, 8, 8), **_FIXED}),
-    ("warm-up 40%, mass 0.80, complement cache, no re-planning",
-     {"dense_steps": 0.4, "policy": "mass", "mass_threshold": 0.8, "cache_complement": True, **_FIXED}),
-    ("warm-up 50%, top-k 0.30, complement cache, no re-planning",
-     {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3, "cache_complement": True, **_FIXED}),
-    ("warm-up 50%, top-k 0.40, complement cache, no re-planning",
-     {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED}),
-    ("warm-up 50%, top-k 0.40, complement cache, token tiles, no re-planning",
-     {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, "token_tile": (2, 8, 8), **_FIXED}),
+    (
+        "warm-up 40%, top-k 0.40, complement cache, no re-planning",
+        {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED},
+    ),
+    (
+        "warm-up 40%, top-k 0.40, complement cache, token tiles, no re-planning",
+        {"dense_steps": 0.4, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, "token_tile": (2, 8, 8), **_FIXED},
+    ),
+    (
+        "warm-up 40%, mass 0.80, complement cache, no re-planning",
+        {"dense_steps": 0.4, "policy": "mass", "mass_threshold": 0.8, "cache_complement": True, **_FIXED},
+    ),
+    (
+        "warm-up 50%, top-k 0.30, complement cache, no re-planning",
+        {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.3, "cache_complement": True, **_FIXED},
+    ),
+    (
+        "warm-up 50%, top-k 0.40, complement cache, no re-planning",
+        {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, **_FIXED},
+    ),
+    (
+        "warm-up 50%, top-k 0.40, complement cache, token tiles, no re-planning",
+        {"dense_steps": 0.5, **_TOPK, "topk_ratio": 0.4, "cache_complement": True, "token_tile": (2, 8, 8), **_FIXED},
+    ),
     *[
-        (f"warm-up {int(ds * 100)}%, top-k {ratio:.2f}, complement cache, 64-token blocks{tiles}, no re-planning",
-         {"dense_steps": ds, **_TOPK, "topk_ratio": ratio, "cache_complement": True, "block_size": 64, **_FIXED,
-          **({"token_tile": (1, 8, 8)} if tiles else {})})
-        for ds, ratio, tiles in ((0.5, 0.4, ""), (0.5, 0.4, " + tiles (1,8,8)"), (0.5, 0.45, " + tiles (1,8,8)"),
-                                 (0.6, 0.4, " + tiles (1,8,8)"))
+        (
+            f"warm-up {int(ds * 100)}%, top-k {ratio:.2f}, complement cache, 64-token blocks{tiles}, no re-planning",
+            {
+                "dense_steps": ds,
+                **_TOPK,
+                "topk_ratio": ratio,
+                "cache_complement": True,
+                "block_size": 64,
+                **_FIXED,
+                **({"token_tile": (1, 8, 8)} if tiles else {}),
+            },
+        )
+        for ds, ratio, tiles in (
+            (0.5, 0.4, ""),
+            (0.5, 0.4, " + tiles (1,8,8)"),
+            (0.5, 0.45, " + tiles (1,8,8)"),
+            (0.6, 0.4, " + tiles (1,8,8)"),
+        )
     ],
 ]
 
-QUICK_POINTS = [p for p in DEFAULT_POINTS if p[0] in (
-    "warm-up 25%, top-k 0.20", "warm-up 40%, top-k 0.30", "warm-up 40%, mass 0.90",
-    "warm-up 50%, top-k 0.40, complement cache, 64-token blocks, no re-planning",  # cli.DEMO_CONFIG
-)]
+QUICK_POINTS = [
+    p
+    for p in DEFAULT_POINTS
+    if p[0]
+    in (
+        "warm-up 25%, top-k 0.20",
+        "warm-up 40%, top-k 0.30",
+        "warm-up 40%, mass 0.90",
+        "warm-up 50%, top-k 0.40, complement cache, 64-token blocks, no re-planning",  # cli.DEMO_CONFIG
+    )
+]
 
 
 def run_quality_curve(
-    pipe, calls: list[dict], seeds: list[int], points: list[tuple[str, dict]] | None = None,
-    base: SparseAttentionConfig | None = None, progress: bool = True,
+    pipe,
+    calls: list[dict],
+    seeds: list[int],
+    points: list[tuple[str, dict]] | None = None,
+    base: SparseAttentionConfig | None = None,
+    progress: bool = True,
 ) -> dict:
     """Dense and sparse runs of `pipe` for every (call kwargs, seed) and every point.
 
@@ -121,23 +168,40 @@ def run_quality_curve(
                 report = handle.report()
             quality = compare_videos(ref["frames"], frames, data_range=1.0)
             attn = sum(report["attention_time_s"].values())
-            per_call.append({
-                "psnr": quality["mean_psnr"], "ssim": quality["mean_ssim"], "density": report["effective_density"],
-                "sparse_density": report["density"],
-                "kept_mass": report["kept_mass"], "wall_s": wall, "speedup": ref["wall_s"] / wall,
-                "attention_speedup": ref["attention_s"] / attn if attn else None,
-                "sparse_steps": report["sparse_steps"], "complement_cache_mib": report["complement_cache_mib"],
-            })
+            per_call.append(
+                {
+                    "psnr": quality["mean_psnr"],
+                    "ssim": quality["mean_ssim"],
+                    "density": report["effective_density"],
+                    "sparse_density": report["density"],
+                    "kept_mass": report["kept_mass"],
+                    "wall_s": wall,
+                    "speedup": ref["wall_s"] / wall,
+                    "attention_speedup": ref["attention_s"] / attn if attn else None,
+                    "sparse_steps": report["sparse_steps"],
+                    "complement_cache_mib": report["complement_cache_mib"],
+                }
+            )
             bar.update()
 
-        rows.append({
-            "label": label, "config": config.to_dict(), "overrides": _jsonable(overrides),
-            "density": _mean(per_call, "density"), "sparse_density": _mean(per_call, "sparse_density"),
-            "kept_mass": _mean(per_call, "kept_mass"), "mean_psnr": _mean(per_call, "psnr"),
-            "min_psnr": round(min(c["psnr"] for c in per_call), 4), "mean_ssim": _mean(per_call, "ssim"),
-            "wall_s": _mean(per_call, "wall_s"), "speedup": _mean(per_call, "speedup"), "attention_speedup": _mean(per_call, "attention_speedup"),
-            "sparse_steps": per_call[0]["sparse_steps"], "complement_cache_mib": _mean(per_call, "complement_cache_mib"),
-        })
+        rows.append(
+            {
+                "label": label,
+                "config": config.to_dict(),
+                "overrides": _jsonable(overrides),
+                "density": _mean(per_call, "density"),
+                "sparse_density": _mean(per_call, "sparse_density"),
+                "kept_mass": _mean(per_call, "kept_mass"),
+                "mean_psnr": _mean(per_call, "psnr"),
+                "min_psnr": round(min(c["psnr"] for c in per_call), 4),
+                "mean_ssim": _mean(per_call, "ssim"),
+                "wall_s": _mean(per_call, "wall_s"),
+                "speedup": _mean(per_call, "speedup"),
+                "attention_speedup": _mean(per_call, "attention_speedup"),
+                "sparse_steps": per_call[0]["sparse_steps"],
+                "complement_cache_mib": _mean(per_call, "complement_cache_mib"),
+            }
+        )
         logger.info("%s: %s", label, rows[-1])
     bar.close()
     return {
@@ -167,7 +231,9 @@ def plot_curve(result: dict, path: str | Path, title: str = "") -> Path:
     for row in result["points"]:
         if row["density"] is None:
             continue
-        key = row["label"].split(",")[0] if "top-k" in row["label"] and row["label"].count(",") == 1 else "levers / mass"
+        key = (
+            row["label"].split(",")[0] if "top-k" in row["label"] and row["label"].count(",") == 1 else "levers / mass"
+        )
         groups.setdefault(key, []).append(row)
     for name, rows in groups.items():
         style = "o-" if name != "levers / mass" else "s"

@@ -76,7 +76,9 @@ def block_sparse_attention_reference(
     return attention_reference(q, k, v, scale=scale, token_mask=token_mask, compute_dtype=compute_dtype)
 
 
-def block_mass_from_probs(probs: torch.Tensor, block_size: tuple[int, int], seq_lengths: tuple[int, int]) -> torch.Tensor:
+def block_mass_from_probs(
+    probs: torch.Tensor, block_size: tuple[int, int], seq_lengths: tuple[int, int]
+) -> torch.Tensor:
     """Per-tile softmax mass from row probabilities.
 
     Args:

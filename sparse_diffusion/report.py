@@ -93,7 +93,9 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
             "replans": dict(st.replans),
         }
     runs = controller.finished_runs()
-    last = runs[-1] if runs else {"total_steps": None, "dense_steps": None, "sparse_steps": 0, "dense_fallback_steps": 0}
+    last = (
+        runs[-1] if runs else {"total_steps": None, "dense_steps": None, "sparse_steps": 0, "dense_fallback_steps": 0}
+    )
     return {
         "model": model_class,
         "adapter": adapter.family,
@@ -143,8 +145,10 @@ def format_report(report: dict) -> str:
         f"  density {fmt(report['density'])} over sparse calls, {fmt(report['effective_density'])} over all calls "
         f"after warm-up (re-plans, fallbacks and pass-throughs count 1; planned {fmt(report['planned_density'])}), kept mass "
         f"(LSE estimate) {fmt(report['kept_mass'])}, kept mass at build {fmt(report['build_kept_mass'])}",
-        "  attention time s: " + ", ".join(f"{k} {v:.3f}" for k, v in report["attention_time_s"].items())
-        + "; calls: " + ", ".join(f"{k} {v}" for k, v in report["calls"].items()),
+        "  attention time s: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in report["attention_time_s"].items())
+        + "; calls: "
+        + ", ".join(f"{k} {v}" for k, v in report["calls"].items()),
     ]
     if report.get("complement_cache_mib"):
         lines.append(f"  complement cache: {report['complement_cache_mib']:.1f} MiB (peak)")

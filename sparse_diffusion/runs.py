@@ -74,7 +74,13 @@ def mask_panels(masks: dict, limit: int = _MAX_MASK_PANELS) -> list[tuple[str, n
 
 
 def paired_run(
-    pipe, kwargs: dict, config: SparseAttentionConfig, seed: int, out_dir: Path, fps: int = 8, extra: dict | None = None,
+    pipe,
+    kwargs: dict,
+    config: SparseAttentionConfig,
+    seed: int,
+    out_dir: Path,
+    fps: int = 8,
+    extra: dict | None = None,
     judge=None,
 ) -> dict:
     """Dense run, then sparse run with the same seed; writes dense/sparse videos, masks.png and report.json.
@@ -135,7 +141,12 @@ def paired_run(
 
 
 def single_run(
-    pipe, kwargs: dict, config: SparseAttentionConfig | None, seed: int, out_dir: Path, fps: int = 8,
+    pipe,
+    kwargs: dict,
+    config: SparseAttentionConfig | None,
+    seed: int,
+    out_dir: Path,
+    fps: int = 8,
     extra: dict | None = None,
 ) -> dict:
     """One run (sparse with `config`, or untouched dense when `config` is None); writes `video.mp4` (or
@@ -144,8 +155,13 @@ def single_run(
     handle = accelerate_pipeline(pipe, config) if config is not None else None
     frames, seconds = generate(pipe, kwargs, seed)
     report: dict[str, Any] = {
-        "mode": "sparse" if handle else "dense", "model": type(pipe.transformer).__name__, **(extra or {}),
-        "seed": seed, "wall_time_s": round(seconds, 3), "timing_note": TIMING_NOTE, "call": _call_record(kwargs, frames),
+        "mode": "sparse" if handle else "dense",
+        "model": type(pipe.transformer).__name__,
+        **(extra or {}),
+        "seed": seed,
+        "wall_time_s": round(seconds, 3),
+        "timing_note": TIMING_NOTE,
+        "call": _call_record(kwargs, frames),
     }
     if handle is not None:
         report["sparse_report"] = handle.report()

@@ -90,20 +90,26 @@ def test_pipeline_finishes_on_the_next_backend_and_reports_the_failure(broken_tr
     pipe = build_tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
     call = dict(prompt="a red circle moving left", height=128, width=128, num_frames=9, guidance_scale=5.0)
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=32, policy="topk", topk_ratio=0.5, sparse_density_limit=1.0, backend="gather") as handle:
+    with accelerate_pipeline(
+        pipe, dense_steps=1, block_size=32, policy="topk", topk_ratio=0.5, sparse_density_limit=1.0, backend="gather"
+    ) as handle:
         expected = run_pipeline(pipe, call, 3)
         reference_report = handle.report()
     assert reference_report["calls"]["sparse"] > 0 and broken_triton == []
 
     with pytest.warns(backend_health.BackendFailureWarning):
-        with accelerate_pipeline(pipe, dense_steps=1, block_size=32, policy="topk", topk_ratio=0.5, sparse_density_limit=1.0) as handle:
+        with accelerate_pipeline(
+            pipe, dense_steps=1, block_size=32, policy="topk", topk_ratio=0.5, sparse_density_limit=1.0
+        ) as handle:
             out = run_pipeline(pipe, call, 3)
             report = handle.report()
     assert len(broken_triton) == 1, "the kernel failed once and was not retried"
     assert report["calls"]["sparse"] == reference_report["calls"]["sparse"]
     assert set(report["backends"]) == {"gather"}
     assert np.abs(out.astype(np.float64) - expected).max() < 1e-4  # same masks, served by gather either way
-    assert any("backend triton disabled" in f["reason"] and "OutOfResources" in f["reason"] for f in report["fallbacks"])
+    assert any(
+        "backend triton disabled" in f["reason"] and "OutOfResources" in f["reason"] for f in report["fallbacks"]
+    )
     assert "OutOfResources" in report["disabled_backends"]["triton"]
 
 

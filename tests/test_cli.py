@@ -11,8 +11,25 @@ from sparse_diffusion.media import read_frames, write_video
 
 def test_demo_writes_videos_report_and_masks(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = main(["demo", "--out", str(out), "--steps", "4", "--frames", "9", "--height", "128", "--width", "128",
-               "--weights", "random", "--config", '{"block_size": 32, "dense_steps": 1}'])
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--frames",
+            "9",
+            "--height",
+            "128",
+            "--width",
+            "128",
+            "--weights",
+            "random",
+            "--config",
+            '{"block_size": 32, "dense_steps": 1}',
+        ]
+    )
     assert rc == 0
     for name in ("dense.mp4", "sparse.mp4", "report.json", "masks.png"):
         assert (out / name).is_file(), name
@@ -34,8 +51,22 @@ def test_generate_from_a_saved_checkpoint(tmp_path):
 
     folder = tmp_path / "tiny-wan"
     build_tiny_wan_pipeline().save_pretrained(folder)
-    common = ["--model", str(folder), "--prompt", "a red circle", "--frames", "9", "--height", "64", "--width", "64",
-              "--steps", "3", "--config", '{"block_size": 16, "dense_steps": 1, "sparse_density_limit": 1.0}']
+    common = [
+        "--model",
+        str(folder),
+        "--prompt",
+        "a red circle",
+        "--frames",
+        "9",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--steps",
+        "3",
+        "--config",
+        '{"block_size": 16, "dense_steps": 1, "sparse_density_limit": 1.0}',
+    ]
     assert main(["generate", *common, "--out", str(tmp_path / "s")]) == 0
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["mode"] == "sparse" and report["sparse_report"]["sparse_steps"] == 2
@@ -52,8 +83,29 @@ def test_generate_both_on_an_image_pipeline_writes_pngs(tmp_path):
     folder = tmp_path / "tiny-flux"
     build_tiny_flux_pipeline().save_pretrained(folder)
     out = tmp_path / "b"
-    assert main(["generate", "--model", str(folder), "--prompt", "a red circle", "--height", "64", "--width", "64",
-                 "--steps", "2", "--both", "--out", str(out), "--config", '{"dense_steps": 1, "block_size": 64}']) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(folder),
+                "--prompt",
+                "a red circle",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--steps",
+                "2",
+                "--both",
+                "--out",
+                str(out),
+                "--config",
+                '{"dense_steps": 1, "block_size": 64}',
+            ]
+        )
+        == 0
+    )
     assert (out / "dense.png").is_file() and (out / "sparse.png").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["weights"].startswith("loaded from") and report["call"]["output_shape"] == [1, 64, 64, 3]
@@ -85,9 +137,30 @@ def test_compare_identical_and_different_videos(tmp_path, capsys):
 
 def test_bench_attention_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    rc = main(["bench", "attention", "--seq-len", "600", "--heads", "4", "--kv-heads", "2", "--head-dim", "64",
-               "--density", "0.3", "--block-size", "64", "--backends", "dense,gather,reference,triton",
-               "--repeats", "1", "--json", str(path)])
+    rc = main(
+        [
+            "bench",
+            "attention",
+            "--seq-len",
+            "600",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "64",
+            "--density",
+            "0.3",
+            "--block-size",
+            "64",
+            "--backends",
+            "dense,gather,reference,triton",
+            "--repeats",
+            "1",
+            "--json",
+            str(path),
+        ]
+    )
     assert rc == 0
     results = {r["backend"]: r for r in json.loads(path.read_text())["results"]}
     assert results["dense"]["speedup_vs_dense"] == 1.0
@@ -99,16 +172,54 @@ def test_bench_attention_json(tmp_path, capsys):
 
 def test_bench_skips_backends_that_cannot_serve(tmp_path):
     path = tmp_path / "bench.json"
-    assert main(["bench", "attention", "--seq-len", "256", "--heads", "2", "--head-dim", "48", "--block-size", "64",
-                 "--backends", "dense,flex,flash_attn", "--repeats", "1", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "attention",
+                "--seq-len",
+                "256",
+                "--heads",
+                "2",
+                "--head-dim",
+                "48",
+                "--block-size",
+                "64",
+                "--backends",
+                "dense,flex,flash_attn",
+                "--repeats",
+                "1",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     results = {r["backend"]: r for r in json.loads(path.read_text())["results"]}
     assert "power-of-two" in results["flex"]["skipped"]
     assert "CUDA" in results["flash_attn"]["skipped"]
 
 
 def test_bench_without_dense_row(capsys):
-    assert main(["bench", "attention", "--seq-len", "256", "--heads", "2", "--block-size", "64",
-                 "--backends", "gather", "--repeats", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "attention",
+                "--seq-len",
+                "256",
+                "--heads",
+                "2",
+                "--block-size",
+                "64",
+                "--backends",
+                "gather",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "n/a" in capsys.readouterr().out
 
 
@@ -133,7 +244,14 @@ def test_every_option_of_every_command_has_help_and_one_default():
 
     parsers = list(_all_parsers(build_parser()))
     assert {p.prog.split(" ", 1)[-1] for p in parsers} >= {
-        "demo", "generate", "compare", "bench attention", "bench quality", "bench dlm", "bench dlm-accuracy"}
+        "demo",
+        "generate",
+        "compare",
+        "bench attention",
+        "bench quality",
+        "bench dlm",
+        "bench dlm-accuracy",
+    }
     for p in parsers:
         formatter = p._get_formatter()
         for action in p._actions:
@@ -156,22 +274,34 @@ def _all_parsers_by_prog():
     return {p.prog.split(" ", 1)[-1]: p for p in _all_parsers(build_parser())}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["bench", "dlm", "--context", "1024,abc"], "argument --context: in '1024,abc': 'abc' is not an integer"),
-    (["bench", "attention", "--block-size", "128,abc"], "argument --block-size: in '128,abc': 'abc' is not an integer"),
-    (["bench", "dlm-accuracy", "--count", "0"], "argument --count: 0 must be a positive integer"),
-    (["bench", "dlm-accuracy", "--count", "-1"], "argument --count: -1 must be a positive integer"),
-    (["bench", "dlm-accuracy", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
-    (["bench", "dlm", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
-    (["demo", "--steps", "0"], "argument --steps: 0 must be a positive integer"),
-    (["demo", "--steps", "-3"], "argument --steps: -3 must be a positive integer"),
-    (["demo", "--frames", "0"], "argument --frames: 0 frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33)"),
-    (["demo", "--frames", "8"], "argument --frames: 8 frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33), e.g. 5"),
-    (["demo", "--height", "100"], "argument --height: 100 pixels must be a multiple of 16"),
-    (["bench", "dlm", "--dense-steps", "1.5"], "argument --dense-steps: dense_steps=1.5 as a float"),
-    (["bench", "dlm", "--block-size", "100"], "argument --block-size: block_size=(100, 100) is not valid"),
-    (["bench", "dlm", "--density", "0"], "argument --density: topk_ratio=0.0 must be a number in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "dlm", "--context", "1024,abc"], "argument --context: in '1024,abc': 'abc' is not an integer"),
+        (
+            ["bench", "attention", "--block-size", "128,abc"],
+            "argument --block-size: in '128,abc': 'abc' is not an integer",
+        ),
+        (["bench", "dlm-accuracy", "--count", "0"], "argument --count: 0 must be a positive integer"),
+        (["bench", "dlm-accuracy", "--count", "-1"], "argument --count: -1 must be a positive integer"),
+        (["bench", "dlm-accuracy", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
+        (["bench", "dlm", "--threads", "0"], "argument --threads: 0 must be a positive integer"),
+        (["demo", "--steps", "0"], "argument --steps: 0 must be a positive integer"),
+        (["demo", "--steps", "-3"], "argument --steps: -3 must be a positive integer"),
+        (
+            ["demo", "--frames", "0"],
+            "argument --frames: 0 frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33)",
+        ),
+        (
+            ["demo", "--frames", "8"],
+            "argument --frames: 8 frames: the Wan VAE needs a positive 4k+1 (1, 5, 9, ..., 33), e.g. 5",
+        ),
+        (["demo", "--height", "100"], "argument --height: 100 pixels must be a multiple of 16"),
+        (["bench", "dlm", "--dense-steps", "1.5"], "argument --dense-steps: dense_steps=1.5 as a float"),
+        (["bench", "dlm", "--block-size", "100"], "argument --block-size: block_size=(100, 100) is not valid"),
+        (["bench", "dlm", "--density", "0"], "argument --density: topk_ratio=0.0 must be a number in (0, 1]"),
+    ],
+)
 def test_bad_arguments_give_argparse_errors_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -190,13 +320,19 @@ def test_cuda_device_without_cuda_is_an_argparse_error(capsys):
     assert "CUDA is not available here" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["demo", "--locality", "2"], "--locality shapes the random weights only"),
-    (["demo", "--config", "nonexistent.json"], "--config file 'nonexistent.json' was not found"),
-    (["demo", "--config", "no/such/config"], "--config file 'no/such/config' was not found"),
-    (["bench", "dlm", "--context", "16"], "context lengths [16] must exceed gen_length=32 (the prompt is the rest); "
-     "give longer contexts or a smaller gen_length."),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--locality", "2"], "--locality shapes the random weights only"),
+        (["demo", "--config", "nonexistent.json"], "--config file 'nonexistent.json' was not found"),
+        (["demo", "--config", "no/such/config"], "--config file 'no/such/config' was not found"),
+        (
+            ["bench", "dlm", "--context", "16"],
+            "context lengths [16] must exceed gen_length=32 (the prompt is the rest); "
+            "give longer contexts or a smaller gen_length.",
+        ),
+    ],
+)
 def test_bad_values_exit_cleanly_before_loading(argv, message, capsys, monkeypatch):
     import sparse_diffusion.cli as cli
 
@@ -224,22 +360,35 @@ def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
     from sparse_diffusion.cli import _print_paired
 
     report = {
-        "model": "m", "weights": "w", "dense_steps": 2, "sparse_steps": 3,
+        "model": "m",
+        "weights": "w",
+        "dense_steps": 2,
+        "sparse_steps": 3,
         "sparse_report": {
-            "dense_fallback_steps": 1, "planned_density": 0.3,
+            "dense_fallback_steps": 1,
+            "planned_density": 0.3,
             "replans": {"kept-mass estimate below refresh_threshold": 56},
-            "fallbacks": [{"layer": "a", "reason": "density above break-even", "count": 2},
-                          {"layer": "b", "reason": "density above break-even", "count": 3}],
+            "fallbacks": [
+                {"layer": "a", "reason": "density above break-even", "count": 2},
+                {"layer": "b", "reason": "density above break-even", "count": 3},
+            ],
         },
-        "quality": {"mean_psnr": 30.0, "mean_ssim": 0.9}, "density": 0.3, "effective_density": 0.5,
-        "end_to_end_speedup": 1.5, "wall_time_s": {"dense": 2.0, "sparse": 1.0},
-        "attention_time_s": {"dense": 1.0, "sparse": 0.5}, "timing_note": "n", "files": ["report.json"],
+        "quality": {"mean_psnr": 30.0, "mean_ssim": 0.9},
+        "density": 0.3,
+        "effective_density": 0.5,
+        "end_to_end_speedup": 1.5,
+        "wall_time_s": {"dense": 2.0, "sparse": 1.0},
+        "attention_time_s": {"dense": 1.0, "sparse": 0.5},
+        "timing_note": "n",
+        "files": ["report.json"],
     }
     _print_paired(report, tmp_path)
     out = capsys.readouterr().out
     assert "+ 1 ran dense\n" in out and "see report.json fallbacks" not in out
-    assert ("attention calls run dense after the warm-up: 56 re-planned (kept-mass estimate below "
-            "refresh_threshold); 5 fell back (density above break-even)") in out
+    assert (
+        "attention calls run dense after the warm-up: 56 re-planned (kept-mass estimate below "
+        "refresh_threshold); 5 fell back (density above break-even)"
+    ) in out
 
 
 def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
@@ -257,11 +406,19 @@ def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
     assert forward["follows_prompt"] and forward["moved_along"] == pytest.approx(spec.travel, abs=0.02)
     assert not backward["follows_prompt"] and backward["moved_along"] < 0
     report = {
-        "model": "m", "weights": "w", "dense_steps": 2, "sparse_steps": 3,
+        "model": "m",
+        "weights": "w",
+        "dense_steps": 2,
+        "sparse_steps": 3,
         "sparse_report": {"dense_fallback_steps": 0, "planned_density": 0.3, "replans": {}, "fallbacks": []},
-        "quality": {"mean_psnr": 30.0, "mean_ssim": 0.9}, "density": 0.3, "effective_density": 0.3,
-        "end_to_end_speedup": 1.5, "wall_time_s": {"dense": 2.0, "sparse": 1.0},
-        "attention_time_s": {"dense": 1.0, "sparse": 0.5}, "timing_note": "n", "files": ["report.json"],
+        "quality": {"mean_psnr": 30.0, "mean_ssim": 0.9},
+        "density": 0.3,
+        "effective_density": 0.3,
+        "end_to_end_speedup": 1.5,
+        "wall_time_s": {"dense": 2.0, "sparse": 1.0},
+        "attention_time_s": {"dense": 1.0, "sparse": 0.5},
+        "timing_note": "n",
+        "files": ["report.json"],
         "judged": {"dense": forward, "sparse": backward},
     }
     _print_paired(report, tmp_path)

@@ -116,9 +116,19 @@ def test_topk_policy_budgets_and_forced_blocks():
     assert (mask.kv_num_blocks == 2).all()
     assert torch.equal(mask.to_dense(), torch.zeros_like(mask.to_dense()).scatter_(-1, mass.topk(2, -1).indices, True))
     # ceiling and floor
-    capped = plan_block_mask(mass, SparseAttentionConfig(mass_threshold=1.0, max_density=0.5, block_size=16), (128, 128), keep_diagonal=False)
+    capped = plan_block_mask(
+        mass,
+        SparseAttentionConfig(mass_threshold=1.0, max_density=0.5, block_size=16),
+        (128, 128),
+        keep_diagonal=False,
+    )
     assert (capped.kv_num_blocks == 4).all()
-    floored = plan_block_mask(mass, SparseAttentionConfig(mass_threshold=0.01, min_kv_blocks=3, block_size=16), (128, 128), keep_diagonal=False)
+    floored = plan_block_mask(
+        mass,
+        SparseAttentionConfig(mass_threshold=0.01, min_kv_blocks=3, block_size=16),
+        (128, 128),
+        keep_diagonal=False,
+    )
     assert (floored.kv_num_blocks == 3).all()
     # diagonal and text tokens (first 20 tokens = blocks 0 and 1) are always kept
     forced = plan_block_mask(mass, cfg, (128, 128), dense_token_ranges=[(0, 20)]).to_dense()

@@ -40,8 +40,9 @@ def test_all_dense_steps_and_keep_all_masks_give_identical_canvases(models, kind
         report = handle.report()
     assert report["adapter"] == "dlm" and report["total_steps"] == 16 and report["sparse_steps"] == 0
     assert report["calls"] == {"dense": 16 * 2, "build": 0, "sparse": 0, "fallback": 0}, "CFG batched: one forward"
-    with accelerate_model(model, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=1.0,
-                          sparse_density_limit=1.0) as handle:
+    with accelerate_model(
+        model, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=1.0, sparse_density_limit=1.0
+    ) as handle:
         keep_all = _run(model, kind)
         report = handle.report()
     assert report["dense_steps"] == 4 and report["sparse_steps"] == 12 and report["density"] == 1.0
@@ -53,15 +54,24 @@ def test_all_dense_steps_and_keep_all_masks_give_identical_canvases(models, kind
 @pytest.mark.parametrize("kind", ["llada", "dream"])
 def test_sparse_steps_report_consistent_densities(models, kind):
     model = models[kind]
-    with accelerate_model(model, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=0.3,
-                          sparse_density_limit=1.0, refresh_threshold=0, keep_generated_tokens=False) as handle:
+    with accelerate_model(
+        model,
+        dense_steps=0.25,
+        block_size=16,
+        policy="topk",
+        topk_ratio=0.3,
+        sparse_density_limit=1.0,
+        refresh_threshold=0,
+        keep_generated_tokens=False,
+    ) as handle:
         calls = spy_attention(handle)
         history = _run(model, kind)
         report = handle.report()
         masks = handle.masks()
     assert not bool((history[-1] == MASK).any())
-    assert report["runs"] == [{"total_steps": 16, "dense_steps": 4, "steps_run": 16, "sparse_steps": 12,
-                               "dense_fallback_steps": 0}]
+    assert report["runs"] == [
+        {"total_steps": 16, "dense_steps": 4, "steps_run": 16, "sparse_steps": 12, "dense_fallback_steps": 0}
+    ]
     assert [c[0] for c in calls] == [s for s in range(16) for _ in range(2)], "one step per forward"
     heads, kv_heads = (4, 4) if kind == "llada" else (4, 2)
     assert {(c[3], c[5].shape[1]) for c in calls} == {((2, heads, 96, 16), kv_heads)}, "K/V keep their HK heads"
@@ -115,36 +125,42 @@ def sparsed_reference(q, k, scale, block, prompt_len, ratio):
     table = torch.zeros(b, h, qb, kb, dtype=torch.bool)
 
     def tile_means(probs):  # mean probability of every (row block, key block) tile, partial tiles included
-        return torch.stack([probs[:, j * block: (j + 1) * block].mean() for j in range(math.ceil(probs.shape[1] / block))])
+        return torch.stack(
+            [probs[:, j * block : (j + 1) * block].mean() for j in range(math.ceil(probs.shape[1] / block))]
+        )
 
     for bi in range(b):
         for hi in range(h):
             scores = (q[bi, hi] @ k[bi, hi].T) * scale
             for qi in range(qb):
-                rows = scores[qi * block: (qi + 1) * block]
+                rows = scores[qi * block : (qi + 1) * block]
                 means = tile_means(rows.softmax(-1))
                 for j in means.topk(min(kb, int(kb * ratio) + 1)).indices.tolist():
                     table[bi, hi, qi, j] = j < last
                 if last < kb:
-                    gen = tile_means(rows[:, last * block:].softmax(-1))
+                    gen = tile_means(rows[:, last * block :].softmax(-1))
                     for j in gen.topk(min(kb - last, int((kb - last) * ratio) + 1)).indices.tolist():
                         table[bi, hi, qi, last + j] = True
     return table
 
 
-@pytest.mark.parametrize("heads, kv_heads, seq, prompt_len, ratio", [
-    (4, 4, 100, 37, 0.3),  # prompt ends inside block 2 (straddling block counts as prompt); partial tail blocks
-    (6, 2, 128, 64, 0.5),  # GQA, aligned prompt
-    (2, 1, 80, 0, 0.3),  # no prompt: only the generated pass
-    (2, 2, 64, 64, 0.2),  # prompt only: no generated keys
-])
+@pytest.mark.parametrize(
+    "heads, kv_heads, seq, prompt_len, ratio",
+    [
+        (4, 4, 100, 37, 0.3),  # prompt ends inside block 2 (straddling block counts as prompt); partial tail blocks
+        (6, 2, 128, 64, 0.5),  # GQA, aligned prompt
+        (2, 1, 80, 0, 0.3),  # no prompt: only the generated pass
+        (2, 2, 64, 64, 0.2),  # prompt only: no generated keys
+    ],
+)
 def test_sparsed_selection_matches_a_float64_reimplementation(heads, kv_heads, seq, prompt_len, ratio):
     gen = torch.Generator().manual_seed(seq + heads)
     q = torch.randn(2, heads, seq, 32, dtype=torch.float64, generator=gen) * 1.5
     k = torch.randn(2, kv_heads, seq, 32, dtype=torch.float64, generator=gen) * 1.5
     v = torch.randn(2, kv_heads, seq, 32, dtype=torch.float64, generator=gen)
-    config = SparseAttentionConfig(dense_steps=1, block_size=16, policy="topk", topk_ratio=ratio,
-                                   sparsed_selection=True, sparse_density_limit=1.0)
+    config = SparseAttentionConfig(
+        dense_steps=1, block_size=16, policy="topk", topk_ratio=ratio, sparsed_selection=True, sparse_density_limit=1.0
+    )
     controller = SparseController(config, ["attn"], lambda: None, step_per_forward=True)
     controller.begin_call(total_steps=3, prompt_length=prompt_len)
     controller.begin_forward(None, None)
@@ -158,8 +174,16 @@ def test_sparsed_selection_matches_a_float64_reimplementation(heads, kv_heads, s
 def test_sparsed_selection_end_to_end_uses_the_prompt_length(models):
     model, prompt_len = models["dream"], 32
     seen = {}
-    with accelerate_model(model, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=0.3,
-                          sparsed_selection=True, sparse_density_limit=1.0, refresh_threshold=0) as handle:
+    with accelerate_model(
+        model,
+        dense_steps=0.25,
+        block_size=16,
+        policy="topk",
+        topk_ratio=0.3,
+        sparsed_selection=True,
+        sparse_density_limit=1.0,
+        refresh_threshold=0,
+    ) as handle:
         original = handle.controller._build
 
         def build(layer, key, geometry, q, k, v, *args, **kwargs):
@@ -177,13 +201,18 @@ def test_sparsed_selection_end_to_end_uses_the_prompt_length(models):
 
 def test_generated_tokens_stay_dense_and_dlm_defaults_apply_without_a_config(models):
     model = models["llada"]
-    with accelerate_model(model, dense_steps=0.25, block_size=16, sparse_density_limit=1.0,
-                          refresh_threshold=0) as handle:
+    with accelerate_model(
+        model, dense_steps=0.25, block_size=16, sparse_density_limit=1.0, refresh_threshold=0
+    ) as handle:
         config = handle.config
         _run(model, "llada")  # prompt 32 + 64 generated = 96 tokens: blocks 2..5 hold generated tokens
         masks = handle.masks()
     assert (config.policy, config.topk_ratio, config.cache_complement, config.keep_generated_tokens) == (
-        "topk", 0.1, True, True) and config.refresh_threshold == 0.0
+        "topk",
+        0.1,
+        True,
+        True,
+    ) and config.refresh_threshold == 0.0
     for mask in masks.values():
         table = mask.to_dense()
         assert bool(table[..., 2:, :].all()) and bool(table[..., :, 2:].all())

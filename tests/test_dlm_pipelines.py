@@ -47,13 +47,16 @@ def test_block_pattern_turns_block_causal_and_padding_masks_into_tile_tables():
     assert (length, allowed) == (96, None)
 
 
-@pytest.mark.parametrize("mask, reason", [
-    (_block_causal(96, 8), "not aligned to 16x16 tiles"),
-    (torch.randn(1, 1, 96, 96), "an additive bias"),
-    (torch.ones(1, 1, 96, 96, dtype=torch.bool).index_fill(2, torch.arange(16), False), "a query attends no key"),
-    (torch.ones(1, 96, 96, dtype=torch.bool), "not a [B, H, Sq, Sk] mask"),
-    (torch.ones(1, 1, 96, 96, dtype=torch.int64), "dtype torch.int64"),
-])
+@pytest.mark.parametrize(
+    "mask, reason",
+    [
+        (_block_causal(96, 8), "not aligned to 16x16 tiles"),
+        (torch.randn(1, 1, 96, 96), "an additive bias"),
+        (torch.ones(1, 1, 96, 96, dtype=torch.bool).index_fill(2, torch.arange(16), False), "a query attends no key"),
+        (torch.ones(1, 96, 96, dtype=torch.bool), "not a [B, H, Sq, Sk] mask"),
+        (torch.ones(1, 1, 96, 96, dtype=torch.int64), "dtype torch.int64"),
+    ],
+)
 def test_block_pattern_names_why_a_mask_cannot_be_honoured(mask, reason):
     assert reason in block_pattern(mask, (96, 96), (16, 16))
 
@@ -85,7 +88,9 @@ def test_tile_tables_combine_with_per_sample_key_lengths():
     lens = torch.tensor([96, 70], dtype=torch.int32)
     token = _block_causal(96, 32) & (torch.arange(96) < lens[:, None])[:, None, None, :]
     ref_out, ref_lse = reference.attention_reference(q, k, v, token_mask=token)
-    _, _, ref_mass = reference.dense_attention_with_stats_reference(q, k, v, (16, 16), allowed=allowed, seq_lens_k=lens)
+    _, _, ref_mass = reference.dense_attention_with_stats_reference(
+        q, k, v, (16, 16), allowed=allowed, seq_lens_k=lens
+    )
     for backend in ("auto", "reference"):
         out, lse, mass = ops.dense_attention_with_stats(q, k, v, 16, allowed=allowed, seq_lens_k=lens, backend=backend)
         assert float((out.double() - ref_out).abs().max()) < 1e-5 and float((lse - ref_lse).abs().max()) < 1e-5
@@ -107,7 +112,9 @@ def test_tile_patterns_with_per_sample_padding_need_tile_aligned_padding(valid, 
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 2, 96, 16, generator=gen) for _ in range(3))
     mask = _block_causal(96, 32) & (torch.arange(96) < torch.tensor(valid)[:, None])[:, None, None, :]
-    config = SparseAttentionConfig(block_size=16, dense_steps=1, policy="topk", topk_ratio=1.0, sparse_density_limit=1.0)
+    config = SparseAttentionConfig(
+        block_size=16, dense_steps=1, policy="topk", topk_ratio=1.0, sparse_density_limit=1.0
+    )
     controller = SparseController(config, ["attn"], lambda: 4)
     controller.begin_forward(900.0, None)  # step 0 of 4 with one warm-up step: the build step
     with SDPAInterceptor(controller, "attn"):
@@ -148,8 +155,17 @@ def _llada2(pipe, gen_length=76, steps=4):
     commits 8 tokens per step, so the first block (12 masks) takes 2 steps and one more forward that finds it done;
     the others take 4: 11 forwards for `num_timesteps` = 12."""
     prompt = torch.randint(0, MASK, (1, 20), generator=torch.Generator().manual_seed(0))
-    return pipe(input_ids=prompt, gen_length=gen_length, block_length=32, num_inference_steps=steps, mask_token_id=MASK,
-                output_type="seq", eos_early_stop=False, editing_threshold=None, threshold=1.1).sequences
+    return pipe(
+        input_ids=prompt,
+        gen_length=gen_length,
+        block_length=32,
+        num_inference_steps=steps,
+        mask_token_id=MASK,
+        output_type="seq",
+        eos_early_stop=False,
+        editing_threshold=None,
+        threshold=1.1,
+    ).sequences
 
 
 def test_llada2_all_dense_and_keep_all_masks_are_identical(llada2):
@@ -160,15 +176,17 @@ def test_llada2_all_dense_and_keep_all_masks_are_identical(llada2):
         report = handle.report()
     assert torch.equal(dense, baseline)
     assert report["adapter"] == "llada2" and report["calls"] == {"dense": 22, "build": 0, "sparse": 0, "fallback": 0}
-    with accelerate_pipeline(llada2, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=1.0,
-                             sparse_density_limit=1.0) as handle:
+    with accelerate_pipeline(
+        llada2, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=1.0, sparse_density_limit=1.0
+    ) as handle:
         keep_all = _llada2(llada2)
         report = handle.report()
         masks = handle.masks()
     assert torch.equal(keep_all, baseline)
     # steps 0-1 dense, step 2 builds on the 32-token canvas; steps 3 and 7 re-plan on the grown canvas
-    assert report["runs"] == [{"total_steps": 12, "dense_steps": 3, "steps_run": 11, "sparse_steps": 6,
-                               "dense_fallback_steps": 2}]
+    assert report["runs"] == [
+        {"total_steps": 12, "dense_steps": 3, "steps_run": 11, "sparse_steps": 6, "dense_fallback_steps": 2}
+    ]
     assert report["calls"] == {"dense": 4, "build": 6, "sparse": 12, "fallback": 0}
     assert report["replans"] == {"input geometry changed": 4} and report["passthrough"] == []
     expected = block_pattern(_block_causal(96, 32), (96, 96), (16, 16))[1]
@@ -177,8 +195,15 @@ def test_llada2_all_dense_and_keep_all_masks_are_identical(llada2):
 
 
 def test_llada2_sparse_masks_stay_inside_the_block_causal_pattern(llada2):
-    with accelerate_pipeline(llada2, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=0.3,
-                             sparse_density_limit=1.0, refresh_threshold=0) as handle:
+    with accelerate_pipeline(
+        llada2,
+        dense_steps=0.25,
+        block_size=16,
+        policy="topk",
+        topk_ratio=0.3,
+        sparse_density_limit=1.0,
+        refresh_threshold=0,
+    ) as handle:
         out = _llada2(llada2)
         assert torch.equal(_llada2(llada2), out), "every call starts fresh (check_inputs marks it)"
         report = handle.report()
@@ -196,8 +221,9 @@ def test_llada2_sparse_masks_stay_inside_the_block_causal_pattern(llada2):
 
 def test_llada2_tail_padding_is_cut_and_misaligned_blocks_pass_through(llada2):
     baseline = _llada2(llada2, gen_length=70)  # 90 real tokens in a 96-token canvas: the last 6 keys are padding
-    with accelerate_pipeline(llada2, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=1.0,
-                             sparse_density_limit=1.0) as handle:
+    with accelerate_pipeline(
+        llada2, dense_steps=0.25, block_size=16, policy="topk", topk_ratio=1.0, sparse_density_limit=1.0
+    ) as handle:
         assert torch.equal(_llada2(llada2, gen_length=70), baseline)
         assert handle.masks()["layers.0.attn"].seq_lengths == (96, 90)
         assert handle.report()["passthrough"] == []
@@ -206,7 +232,8 @@ def test_llada2_tail_padding_is_cut_and_misaligned_blocks_pass_through(llada2):
         report = handle.report()
     assert report["calls"] == {"dense": 0, "build": 0, "sparse": 0, "fallback": 0}
     assert {p["reason"] for p in report["passthrough"]} == {  # the first 32-token canvas is too short anyway
-        "explicit attn_mask (not aligned to 64x64 tiles)", "sequence of 32 tokens is shorter than two key blocks of 64"
+        "explicit attn_mask (not aligned to 64x64 tiles)",
+        "sequence of 32 tokens is shorter than two key blocks of 64",
     }
 
 
@@ -217,16 +244,38 @@ def gemma():
     none a multiple of the 16-token tiles)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
-    text = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=16, global_head_dim=16, sliding_window=24, num_experts=4,
-                top_k_experts=2, moe_intermediate_size=32, layer_types=["sliding_attention", "full_attention"])
-    vision = dict(num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2,
-                  num_key_value_heads=2, head_dim=8)
+    text = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        global_head_dim=16,
+        sliding_window=24,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=32,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    vision = dict(
+        num_hidden_layers=1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = DiffusionGemmaForBlockDiffusion(
-            DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=32)
-        ).eval().double()
+        model = (
+            DiffusionGemmaForBlockDiffusion(
+                DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=32)
+            )
+            .eval()
+            .double()
+        )
     model.set_experts_implementation("eager")  # grouped_mm has no float64 kernel
     prompt = torch.randint(3, 100, (1, 41), generator=torch.Generator().manual_seed(0))
 
@@ -251,10 +300,14 @@ def test_diffusion_gemma_dense_warmup_over_all_steps_is_token_identical(gemma):
     assert [run["steps_run"] for run in report["runs"]] == [12, 12, 12]  # one call per canvas
 
 
-@pytest.mark.parametrize("keep_all", [
-    dict(policy="mass", mass_threshold=1.0, cache_complement=False),
-    dict(policy="topk", topk_ratio=1.0),  # with the adapter's default complement caching
-], ids=["mass", "topk-complement"])
+@pytest.mark.parametrize(
+    "keep_all",
+    [
+        dict(policy="mass", mass_threshold=1.0, cache_complement=False),
+        dict(policy="topk", topk_ratio=1.0),  # with the adapter's default complement caching
+    ],
+    ids=["mass", "topk-complement"],
+)
 def test_diffusion_gemma_keep_all_sparse_decoder_attention_is_token_identical(gemma, keep_all):
     model, generate, baseline = gemma
     hooks = _decoder_hooks(model)
@@ -282,12 +335,16 @@ def test_diffusion_gemma_defaults_run_sparse_prefix_attention(gemma):
     assert (config.policy, config.topk_ratio, config.cache_complement, config.dense_steps) == ("topk", 0.1, True, 4)
     assert out.shape == baseline.shape and report["passthrough"] == []
     calls = report["calls"]
-    assert (calls["dense"], calls["build"], calls["sparse"] + calls["fallback"]) == (18, 6, 48) and calls["sparse"] >= 16
+    assert (calls["dense"], calls["build"], calls["sparse"] + calls["fallback"]) == (18, 6, 48) and calls[
+        "sparse"
+    ] >= 16
     reasons = {r for layer in handle.controller.stats.values() for r in layer.fallbacks}
     assert all(r.startswith("planned density above the sparse break-even 0.60 of backend gather") for r in reasons)
     assert 0.3 < report["density"] < 0.7
     table = masks["model.decoder.layers.1.self_attn"].to_dense()[0]  # [H, QB = 2, KB = 9], prefix 105
-    assert not bool(table[:, :, :6].all()) and bool(table[:, :, 6:].all())  # canvas key blocks 6-8 kept, prefix not all
+    assert not bool(table[:, :, :6].all()) and bool(
+        table[:, :, 6:].all()
+    )  # canvas key blocks 6-8 kept, prefix not all
 
 
 def test_diffusion_gemma_static_cache_slots_are_cut_off_and_served(gemma):
@@ -319,6 +376,7 @@ def test_diffusion_gemma_padding_masks_that_are_not_tile_patterns_pass_through(g
         ("model.decoder.layers.1.self_attn", "explicit attn_mask (not aligned to 16x16 tiles)")
     }
     assert handle.controller.stats["model.decoder.layers.0.self_attn"].calls["sparse"] > 0  # window past the padding
+
 
 def test_diffusion_gemma_fractional_dense_steps_without_num_inference_steps_fail_at_accelerate_time(gemma):
     """The encoder opens each canvas's call without a step count, so a fraction cannot be resolved: say so up front,

@@ -74,8 +74,11 @@ def oracle_dream(model, prompt, gen_length, steps, algorithm, eps=1e-3):
         scores = {}
         for j in open_positions:
             top = torch.sort(probs[j], descending=True).values
-            scores[j] = {"maskgit_plus": top[0], "topk_margin": top[0] - top[1],
-                         "entropy": (probs[j] * torch.log(probs[j] + 1e-10)).sum()}[algorithm]
+            scores[j] = {
+                "maskgit_plus": top[0],
+                "topk_margin": top[0] - top[1],
+                "entropy": (probs[j] * torch.log(probs[j] + 1e-10)).sum(),
+            }[algorithm]
         t, s = float(grid[i]), float(grid[i + 1])
         count = len(open_positions) if i == steps - 1 else int(len(open_positions) * (1 - s / t))
         for j in sorted(open_positions, key=lambda j: -float(scores[j]))[:count]:
@@ -96,14 +99,24 @@ LLADA_CASES = [
 
 
 @pytest.mark.parametrize("gen_length, steps, block_length, remasking, temperature, cfg, batch", LLADA_CASES)
-def test_llada_sampler_matches_oracle_at_every_step(models, gen_length, steps, block_length, remasking, temperature,
-                                                    cfg, batch):
+def test_llada_sampler_matches_oracle_at_every_step(
+    models, gen_length, steps, block_length, remasking, temperature, cfg, batch
+):
     model, prompt = models["llada"], _prompt(batch)
-    expected = oracle_llada(model, prompt, gen_length, steps, block_length, remasking, temperature, cfg,
-                            torch.Generator().manual_seed(11))
+    expected = oracle_llada(
+        model, prompt, gen_length, steps, block_length, remasking, temperature, cfg, torch.Generator().manual_seed(11)
+    )
     out, history = dlm.generate(
-        model, prompt, gen_length=gen_length, steps=steps, block_length=block_length, mask_id=MASK,
-        remasking=remasking, temperature=temperature, cfg_scale=cfg, generator=torch.Generator().manual_seed(11),
+        model,
+        prompt,
+        gen_length=gen_length,
+        steps=steps,
+        block_length=block_length,
+        mask_id=MASK,
+        remasking=remasking,
+        temperature=temperature,
+        cfg_scale=cfg,
+        generator=torch.Generator().manual_seed(11),
         return_history=True,
     )
     assert len(history) == steps == len(expected)
@@ -116,8 +129,16 @@ def test_llada_sampler_matches_oracle_at_every_step(models, gen_length, steps, b
 def test_dream_shifted_sampler_matches_oracle(models, algorithm):
     model, prompt = models["dream"], _prompt()
     expected = oracle_dream(model, prompt, 12, 5, algorithm)
-    _, history = dlm.generate(model, prompt, gen_length=12, steps=5, mask_id=MASK, remasking=algorithm,
-                              shift_logits=True, return_history=True)
+    _, history = dlm.generate(
+        model,
+        prompt,
+        gen_length=12,
+        steps=5,
+        mask_id=MASK,
+        remasking=algorithm,
+        shift_logits=True,
+        return_history=True,
+    )
     for i, (got, want) in enumerate(zip(history, expected)):
         assert torch.equal(got, want), f"step {i}"
 
@@ -128,17 +149,33 @@ def _commits(history, start):
     return torch.stack([b != a for a, b in zip(frames, frames[1:])])
 
 
-@pytest.mark.parametrize("remasking, temperature, cfg, shift", [
-    ("low_confidence", 0.0, 0.0, False), ("random", 0.8, 1.0, False), ("origin", 0.5, 0.0, True),
-    ("maskgit_plus", 0.8, 0.0, True), ("topk_margin", 0.0, 0.0, True), ("entropy", 0.0, 2.0, True),
-])
+@pytest.mark.parametrize(
+    "remasking, temperature, cfg, shift",
+    [
+        ("low_confidence", 0.0, 0.0, False),
+        ("random", 0.8, 1.0, False),
+        ("origin", 0.5, 0.0, True),
+        ("maskgit_plus", 0.8, 0.0, True),
+        ("topk_margin", 0.0, 0.0, True),
+        ("entropy", 0.0, 2.0, True),
+    ],
+)
 def test_invariants(models, remasking, temperature, cfg, shift):
     prompt, gen_length, steps, block_length = _prompt(2, 5), 18, 12, 6
     model = models["dream" if shift else "llada"]
     out, history = dlm.generate(
-        model, prompt, gen_length=gen_length, steps=steps, block_length=block_length, mask_id=MASK,
-        remasking=remasking, temperature=temperature, cfg_scale=cfg, shift_logits=shift,
-        generator=torch.Generator().manual_seed(5), return_history=True,
+        model,
+        prompt,
+        gen_length=gen_length,
+        steps=steps,
+        block_length=block_length,
+        mask_id=MASK,
+        remasking=remasking,
+        temperature=temperature,
+        cfg_scale=cfg,
+        shift_logits=shift,
+        generator=torch.Generator().manual_seed(5),
+        return_history=True,
     )
     start = torch.cat([prompt, torch.full((2, gen_length), MASK)], dim=1)
     commits = _commits(history, start)
@@ -158,8 +195,9 @@ def test_invariants(models, remasking, temperature, cfg, shift):
 
 
 def test_one_token_per_step_when_steps_equal_gen_length(models):
-    _, history = dlm.generate(models["llada"], _prompt(), gen_length=8, steps=8, block_length=2, mask_id=MASK,
-                              return_history=True)
+    _, history = dlm.generate(
+        models["llada"], _prompt(), gen_length=8, steps=8, block_length=2, mask_id=MASK, return_history=True
+    )
     start = torch.cat([_prompt(), torch.full((1, 8), MASK)], dim=1)
     assert _commits(history, start).sum((1, 2)).tolist() == [1] * 8
 
@@ -169,15 +207,18 @@ def test_commit_schedule_spreads_the_remainder_over_the_first_steps():
     assert sched.tolist() == [[3, 3, 2, 2, 2], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(gen_length=10, block_length=4), "multiple of block_length"),
-    (dict(gen_length=16, block_length=4, steps=6), "multiple of the number of blocks"),
-    (dict(remasking="greedy"), "remasking='greedy'"),
-    (dict(temperature=-1.0), "temperature"),
-    (dict(cfg_scale=float("nan")), "cfg_scale"),
-    (dict(steps=0), "steps=0"),
-    (dict(eps=0.0), "eps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gen_length=10, block_length=4), "multiple of block_length"),
+        (dict(gen_length=16, block_length=4, steps=6), "multiple of the number of blocks"),
+        (dict(remasking="greedy"), "remasking='greedy'"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(cfg_scale=float("nan")), "cfg_scale"),
+        (dict(steps=0), "steps=0"),
+        (dict(eps=0.0), "eps"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(models, kwargs, match):
     args = dict(gen_length=8, steps=4, mask_id=MASK) | kwargs
     with pytest.raises(SparseDiffusionError, match=match):
@@ -191,14 +232,17 @@ def test_bad_prompts_raise_clear_errors(models):
         dlm.generate(models["llada"], torch.tensor([1, 2, 3]), gen_length=4, steps=4, mask_id=MASK)
 
 
-@pytest.mark.parametrize("prompt, match", [
-    ([[1, 2, 3]], r"LongTensor \[B, P\], got a Python list"),
-    (torch.tensor([[1, 2, 3]], dtype=torch.int32), r"got dtype torch\.int32; use prompt_ids\.long\(\)"),
-    (torch.tensor([1, 2, 3]), r"shape \(3,\); use ids\[None\]"),
-    (torch.zeros((1, 0), dtype=torch.long), r"shape \(1, 0\); give at least one prompt"),
-    (torch.tensor([[1, 64, 2]]), "token id 64, outside the model's vocabulary of 64 tokens"),
-    (torch.tensor([[1, -5, 2]]), r"negative token id \(-5\)"),
-])
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        ([[1, 2, 3]], r"LongTensor \[B, P\], got a Python list"),
+        (torch.tensor([[1, 2, 3]], dtype=torch.int32), r"got dtype torch\.int32; use prompt_ids\.long\(\)"),
+        (torch.tensor([1, 2, 3]), r"shape \(3,\); use ids\[None\]"),
+        (torch.zeros((1, 0), dtype=torch.long), r"shape \(1, 0\); give at least one prompt"),
+        (torch.tensor([[1, 64, 2]]), "token id 64, outside the model's vocabulary of 64 tokens"),
+        (torch.tensor([[1, -5, 2]]), r"negative token id \(-5\)"),
+    ],
+)
 def test_bad_prompts_name_the_problem(models, prompt, match):
     with pytest.raises(SparseDiffusionError, match=match):
         dlm.generate(models["llada"], prompt, gen_length=4, steps=4, mask_id=MASK)

@@ -43,7 +43,7 @@ def test_trained_model_loads_offline_and_retrieves_at_1k_context(model, data, de
     # the answers come from the needles, not from the prompt's end: blanking the asked needle breaks them
     blank = data.prompts.clone()
     for b, p in enumerate(data.needle_positions[:, 0].tolist()):
-        blank[b, p: p + 1 + task.VALUE_LEN] = task.FILLER0
+        blank[b, p : p + 1 + task.VALUE_LEN] = task.FILLER0
     damaged = task.RetrievalBatch(blank, data.answers, data.needle_positions)
     assert task.retrieval_accuracy(model, damaged) < 0.2
 
@@ -56,8 +56,14 @@ def test_default_config_matches_dense_accuracy_at_low_density(model, data, dense
     assert report["adapter"] == "dlm" and report["fallbacks"] == []
     config = report["config"]
     assert (config["policy"], config["topk_ratio"], config["cache_complement"], config["refresh_threshold"]) == (
-        "topk", 0.1, True, 0.0), "the dlm adapter's defaults"
-    assert [(r["total_steps"], r["dense_steps"], r["sparse_steps"]) for r in report["runs"]] == [(4, 1, 3)] * (COUNT // 8)
+        "topk",
+        0.1,
+        True,
+        0.0,
+    ), "the dlm adapter's defaults"
+    assert [(r["total_steps"], r["dense_steps"], r["sparse_steps"]) for r in report["runs"]] == [(4, 1, 3)] * (
+        COUNT // 8
+    )
     assert report["density"] is not None and report["density"] <= MAX_DENSITY, report["density"]
     assert abs(accuracy - dense_accuracy) <= TOLERANCE, (accuracy, dense_accuracy)
     assert float((tokens == dense_tokens).double().mean()) >= 1 - TOLERANCE
@@ -65,8 +71,24 @@ def test_default_config_matches_dense_accuracy_at_low_density(model, data, dense
 
 def test_bench_dlm_prints_a_table(capsys, tmp_path):
     torch.manual_seed(0)
-    args = ["bench", "dlm", "--context", "256,512", "--heads", "2", "--head-dim", "32", "--steps", "4",
-            "--gen-length", "16", "--block-size", "64", "--json", str(tmp_path / "dlm.json")]
+    args = [
+        "bench",
+        "dlm",
+        "--context",
+        "256,512",
+        "--heads",
+        "2",
+        "--head-dim",
+        "32",
+        "--steps",
+        "4",
+        "--gen-length",
+        "16",
+        "--block-size",
+        "64",
+        "--json",
+        str(tmp_path / "dlm.json"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     lines = [line.split() for line in out.splitlines()]
@@ -96,8 +118,31 @@ def test_accuracy_sweep_rows(model, capsys, tmp_path):
 def test_bench_dlm_rows_without_a_sparse_step_give_no_speedup(capsys, tmp_path):
     path = tmp_path / "dlm.json"
     # 4 steps all dense (warm-up 10), and a context of one 128-token key block
-    assert main(["bench", "dlm", "--context", "300,100", "--heads", "1", "--head-dim", "32", "--layers", "1",
-                 "--steps", "4", "--gen-length", "16", "--dense-steps", "10", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "dlm",
+                "--context",
+                "300,100",
+                "--heads",
+                "1",
+                "--head-dim",
+                "32",
+                "--layers",
+                "1",
+                "--steps",
+                "4",
+                "--gen-length",
+                "16",
+                "--dense-steps",
+                "10",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = {r["context"]: r for r in json.loads(path.read_text())["rows"]}
     for n in (300, 100):
@@ -115,8 +160,23 @@ def test_dlm_accuracy_with_config_compares_dense_and_that_config_only(model, cap
     assert [r["label"] for r in result["rows"]] == ["dense", "base config"]
     assert result["rows"][1]["config"]["policy"] == "mass" and result["rows"][1]["dense_steps"] == 1
     path = tmp_path / "a.json"
-    assert main(["bench", "dlm-accuracy", "--context", "512", "--count", "2", "--config",
-                 '{"policy": "mass", "mass_threshold": 0.9}', "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "dlm-accuracy",
+                "--context",
+                "512",
+                "--count",
+                "2",
+                "--config",
+                '{"policy": "mass", "mass_threshold": 0.9}',
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(path.read_text())["rows"]
     assert [r["label"] for r in rows] == ["dense", "--config"] and rows[1]["config"]["mass_threshold"] == 0.9
     assert "SparseD" not in capsys.readouterr().out
@@ -124,9 +184,14 @@ def test_dlm_accuracy_with_config_compares_dense_and_that_config_only(model, cap
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [(dict(context_lengths=512), "context_lengths=512"), (dict(count=0), "count=0"),
-     (dict(batch_size=0), "batch_size=0"), (dict(batch_size=-1), "batch_size=-1"),
-     (dict(points=["dense"]), "points=['dense']"), (dict(points={"x": 0.3}), "points={'x': 0.3}")],
+    [
+        (dict(context_lengths=512), "context_lengths=512"),
+        (dict(count=0), "count=0"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(batch_size=-1), "batch_size=-1"),
+        (dict(points=["dense"]), "points=['dense']"),
+        (dict(points={"x": 0.3}), "points={'x': 0.3}"),
+    ],
 )
 def test_accuracy_sweep_rejects_odd_arguments_before_loading_the_model(kwargs, words):
     from sparse_diffusion.bench_dlm import accuracy_sweep
@@ -139,9 +204,16 @@ def test_accuracy_sweep_rejects_odd_arguments_before_loading_the_model(kwargs, w
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [(dict(context_lengths=256), "context_lengths=256"), (dict(heads=0), "heads=0"), (dict(kv_heads=0), "kv_heads=0"),
-     (dict(layers=0), "layers=0"), (dict(head_dim=0), "head_dim=0"), (dict(gen_length=8.0), "gen_length=8.0"),
-     (dict(density="0.2"), "density='0.2'"), (dict(block_size=64.0), "block_size=64.0")],
+    [
+        (dict(context_lengths=256), "context_lengths=256"),
+        (dict(heads=0), "heads=0"),
+        (dict(kv_heads=0), "kv_heads=0"),
+        (dict(layers=0), "layers=0"),
+        (dict(head_dim=0), "head_dim=0"),
+        (dict(gen_length=8.0), "gen_length=8.0"),
+        (dict(density="0.2"), "density='0.2'"),
+        (dict(block_size=64.0), "block_size=64.0"),
+    ],
 )
 def test_bench_dlm_rejects_odd_arguments(kwargs, words):
     from sparse_diffusion.bench_dlm import bench_dlm

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_check_dry_run_writes_every_table(tmp_path):
     pytest.importorskip("triton")
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
-    done = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (tmp_path / "done.txt").is_file(), done.stdout[-3000:]
     env_info = json.loads((tmp_path / "env.json").read_text())

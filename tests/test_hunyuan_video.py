@@ -79,7 +79,12 @@ def test_all_dense_steps_is_identical_to_untouched_pipeline(tiny):
 def test_sparse_run_is_finite_consistent_and_remove_restores(tiny):
     pipe, baseline = tiny
     handle = accelerate_pipeline(
-        pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, policy="topk", topk_ratio=0.5,
+        pipe,
+        dense_steps=1,
+        block_size=BLOCK,
+        sparse_density_limit=1.0,
+        policy="topk",
+        topk_ratio=0.5,
         refresh_threshold=0,
     )
     calls = spy_attention(handle)
@@ -206,7 +211,9 @@ def test_prompts_of_different_lengths_with_keep_all_masks_match_the_dense_run(ti
         report = handle.report()
     assert report["calls"] == {"dense": 0, "build": len(LAYERS), "sparse": len(LAYERS) * (STEPS - 1), "fallback": 0}
     head_density = report["layers"]["transformer_blocks.0.attn"]["head_density"]
-    assert head_density == pytest.approx([(1 + 13 / 14) / 2] * 2, abs=1e-6), "the short sample drops key block 13, past its valid keys"
+    assert head_density == pytest.approx([(1 + 13 / 14) / 2] * 2, abs=1e-6), (
+        "the short sample drops key block 13, past its valid keys"
+    )
     assert report["passthrough"] == []
     assert np.abs(out - dense).max() < 2e-5
 

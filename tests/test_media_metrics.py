@@ -85,8 +85,11 @@ def test_read_errors(tmp_path):
 def test_mask_grid(tmp_path):
     import imageio.v3 as iio
 
-    masks = [("layer0/head0", np.eye(8, dtype=bool)), ("layer0/head1", np.tri(16, dtype=bool)),
-             ("layer1/head0", np.ones((4, 12), dtype=np.int64))]
+    masks = [
+        ("layer0/head0", np.eye(8, dtype=bool)),
+        ("layer0/head1", np.tri(16, dtype=bool)),
+        ("layer1/head0", np.ones((4, 12), dtype=np.int64)),
+    ]
     names = save_mask_grid(masks, tmp_path / "masks.png")
     assert names == ["layer0/head0", "layer0/head1", "layer1/head0"]
     img = iio.imread(tmp_path / "masks.png")

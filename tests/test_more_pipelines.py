@@ -27,7 +27,11 @@ CALLS = {
     "sd3": dict(prompt="a red circle moving left", height=36, width=36, max_sequence_length=32, guidance_scale=5.0),
     # 32x32 pixels, 9 frames -> 3 * 8 * 8 = 192 video tokens; batched CFG; text only in cross-attention
     "ltx": dict(
-        prompt="a red circle moving left", height=32, width=32, num_frames=9, max_sequence_length=16,
+        prompt="a red circle moving left",
+        height=32,
+        width=32,
+        num_frames=9,
+        max_sequence_length=16,
         guidance_scale=3.0,
     ),
     # 256x256 -> 16*16 = 256 image tokens after 17 + 5 text tokens (cond) / 2 + 5 (uncond); split true CFG
@@ -95,7 +99,12 @@ def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
 def test_sparse_run_intercepts_only_self_attention_and_remove_restores(pipes, family):
     pipe, baseline = pipes[family]
     handle = accelerate_pipeline(
-        pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, policy="topk", topk_ratio=0.5,
+        pipe,
+        dense_steps=1,
+        block_size=BLOCK,
+        sparse_density_limit=1.0,
+        policy="topk",
+        topk_ratio=0.5,
         refresh_threshold=0,
     )
     calls = spy_attention(handle)
@@ -253,8 +262,15 @@ def test_qwenimage_prompts_of_different_lengths_run_sparse(pipes, monkeypatch):
     for sample, single in zip(out, singles):
         assert np.abs(sample - single).max() < 2e-5
 
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=BLOCK, sparse_density_limit=1.0, topk_ratio=0.5,
-                             policy="topk", refresh_threshold=0) as handle:
+    with accelerate_pipeline(
+        pipe,
+        dense_steps=1,
+        block_size=BLOCK,
+        sparse_density_limit=1.0,
+        topk_ratio=0.5,
+        policy="topk",
+        refresh_threshold=0,
+    ) as handle:
         sparse = run(prompts, (0, 1))
         report = handle.report()
         masks = handle.masks()

@@ -164,7 +164,10 @@ def test_scale_argument():
         (lambda q, k, v, m: (q[0], k, v, m), "4-D"),
         (lambda q, k, v, m: (q, k.double(), v, m), "dtype"),
         (lambda q, k, v, m: (q, k[:, :1].expand(1, 1, 128, 64)[:, :, :100], v, m), "K/V shapes"),
-        (lambda q, k, v, m: (torch.randn(1, 3, 128, 64), torch.randn(1, 2, 128, 64), torch.randn(1, 2, 128, 64), m), "multiple"),
+        (
+            lambda q, k, v, m: (torch.randn(1, 3, 128, 64), torch.randn(1, 2, 128, 64), torch.randn(1, 2, 128, 64), m),
+            "multiple",
+        ),
         (lambda q, k, v, m: (q[:, :, :100], k[:, :, :100], v[:, :, :100], m), "seq_lengths"),
         (lambda q, k, v, m: (q, k, v, "mask"), "BlockSparseMask"),
     ],

@@ -23,7 +23,11 @@ CALLS = {
     "cogvideox": dict(prompt="a blue square", height=64, width=64, num_frames=9, guidance_scale=6.0),
     "flux": dict(prompt="a green triangle", height=64, width=64, guidance_scale=3.5, max_sequence_length=32),
 }
-BUILDERS = {"wan": build_tiny_wan_pipeline, "cogvideox": build_tiny_cogvideox_pipeline, "flux": build_tiny_flux_pipeline}
+BUILDERS = {
+    "wan": build_tiny_wan_pipeline,
+    "cogvideox": build_tiny_cogvideox_pipeline,
+    "flux": build_tiny_flux_pipeline,
+}
 # Forwards of the denoiser per step: Wan runs CFG as two passes, CogVideoX batches it, Flux has no CFG pass.
 FORWARDS_PER_STEP = {"wan": 2, "cogvideox": 1, "flux": 1}
 
@@ -60,7 +64,15 @@ def test_all_dense_steps_is_identical_to_untouched_pipeline(pipes, family):
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "flux"])
 def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
     pipe, baseline = pipes[family]
-    handle = accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, policy="topk", topk_ratio=0.5, refresh_threshold=0)
+    handle = accelerate_pipeline(
+        pipe,
+        dense_steps=1,
+        block_size=16,
+        sparse_density_limit=1.0,
+        policy="topk",
+        topk_ratio=0.5,
+        refresh_threshold=0,
+    )
     calls = spy_attention(handle)
     out = _run(pipe, family)
     report = json.loads(json.dumps(handle.report()))
@@ -79,18 +91,25 @@ def test_sparse_run_report_is_consistent_and_remove_restores(pipes, family):
     assert report["fallbacks"] == [] and report["passthrough"] == []
     assert report["weights"] == "random" and report["adapter"] == family
     handle.remove()
-    assert not hasattr(pipe.transformer._diffusers_hook, "hooks") or DENOISER_HOOK not in pipe.transformer._diffusers_hook.hooks
+    assert (
+        not hasattr(pipe.transformer._diffusers_hook, "hooks")
+        or DENOISER_HOOK not in pipe.transformer._diffusers_hook.hooks
+    )
     assert np.array_equal(_run(pipe, family), baseline)
 
 
 def test_keep_all_sparse_path_equals_dense_and_partial_masks_stay_close(pipes):
     pipe, baseline = pipes["wan"]
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, mass_threshold=1.0) as handle:
+    with accelerate_pipeline(
+        pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, mass_threshold=1.0
+    ) as handle:
         out = _run(pipe, "wan")
         report = handle.report()
     assert report["calls"]["sparse"] > 0 and report["density"] == 1.0
     assert float(np.abs(out - baseline).max()) < 1e-5, "keep-all masks must reproduce dense attention"
-    with accelerate_pipeline(pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, mass_threshold=0.9) as handle:
+    with accelerate_pipeline(
+        pipe, dense_steps=1, block_size=16, sparse_density_limit=1.0, mass_threshold=0.9
+    ) as handle:
         out = _run(pipe, "wan")
         report = handle.report()
     assert report["density"] < 1.0
@@ -146,7 +165,9 @@ def test_only_denoiser_self_attention_is_intercepted(pipes):
     assert {c[2] for c in calls} == {"blocks.0.attn1", "blocks.1.attn1"}
     assert all(c[3][2] == 3 * 8 * 8 for c in calls)  # video tokens only; text/VAE/cross-attention untouched
     # the generic adapter hooks attn2 too, but cross-attention (Sq != Sk) passes through and is reported
-    with accelerate_pipeline(pipe, adapter="generic", dense_steps=1, block_size=16, sparse_density_limit=1.0) as handle:
+    with accelerate_pipeline(
+        pipe, adapter="generic", dense_steps=1, block_size=16, sparse_density_limit=1.0
+    ) as handle:
         _run(pipe, "wan")
         report = handle.report()
     reasons = {(p["layer"], p["reason"]) for p in report["passthrough"]}
@@ -156,7 +177,9 @@ def test_only_denoiser_self_attention_is_intercepted(pipes):
 
 def test_fraction_dense_layers_refresh_and_identical_repeat_calls(pipes):
     pipe, _ = pipes["wan"]
-    with accelerate_pipeline(pipe, dense_steps=0.5, block_size=16, sparse_density_limit=1.0, dense_layers=(0,), refresh_threshold=1.0) as handle:
+    with accelerate_pipeline(
+        pipe, dense_steps=0.5, block_size=16, sparse_density_limit=1.0, dense_layers=(0,), refresh_threshold=1.0
+    ) as handle:
         first = _run(pipe, "wan")
         second = _run(pipe, "wan")
         report = handle.report()
@@ -208,7 +231,9 @@ def test_clear_errors_for_unsupported_models_and_bad_config(pipes):
 
 def test_accelerate_model_counts_calls_from_timesteps(pipes):
     pipe, baseline = pipes["wan"]
-    with accelerate_model(pipe.transformer, num_inference_steps=STEPS, dense_steps=STEPS, block_size=16, sparse_density_limit=1.0) as handle:
+    with accelerate_model(
+        pipe.transformer, num_inference_steps=STEPS, dense_steps=STEPS, block_size=16, sparse_density_limit=1.0
+    ) as handle:
         assert np.array_equal(_run(pipe, "wan"), baseline)
         _run(pipe, "wan")
         assert len(handle.report()["runs"]) == 2
@@ -332,8 +357,13 @@ def test_wan22_two_experts_get_separate_plans():
     base = build_tiny_wan_pipeline(locality=3.0)
     expert_2 = build_tiny_wan_pipeline(seed=1, locality=3.0).transformer
     pipe = WanPipeline(
-        tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae, scheduler=base.scheduler,
-        transformer=base.transformer, transformer_2=expert_2, boundary_ratio=0.9,
+        tokenizer=base.tokenizer,
+        text_encoder=base.text_encoder,
+        vae=base.vae,
+        scheduler=base.scheduler,
+        transformer=base.transformer,
+        transformer_2=expert_2,
+        boundary_ratio=0.9,
     )
     pipe.set_progress_bar_config(disable=True)
     steps = 6
@@ -349,7 +379,12 @@ def test_wan22_two_experts_get_separate_plans():
     second = {c[0] for c in calls if c[2].startswith("transformer_2.")}
     assert first and second and max(first) < min(second), "the expert switch happens at the boundary timestep"
     layers = report["layers"]
-    assert set(layers) == {"blocks.0.attn1", "blocks.1.attn1", "transformer_2.blocks.0.attn1", "transformer_2.blocks.1.attn1"}
+    assert set(layers) == {
+        "blocks.0.attn1",
+        "blocks.1.attn1",
+        "transformer_2.blocks.0.attn1",
+        "transformer_2.blocks.1.attn1",
+    }
     for name in ("transformer_2.blocks.0.attn1", "transformer_2.blocks.1.attn1"):
         assert layers[name]["calls"]["build"] == 2 and layers[name]["calls"]["sparse"] > 0
         assert layers[name]["replans"] == {"no plan for this context": 2}
@@ -493,7 +528,9 @@ def test_key_padding_masks_run_sparse_with_per_sample_lengths(text_first):
 
     toy = _ToyDenoiser(text_first).eval()
     position = "first" if text_first else "last"
-    adapter = Adapter(family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position=position)
+    adapter = Adapter(
+        family="toy", transformer_classes=("_ToyDenoiser",), self_attention="attn", text_position=position
+    )
     video, text = torch.randn(2, 90, 32), torch.randn(2, 20, 32)
 
     def run(valid):
@@ -502,8 +539,16 @@ def test_key_padding_masks_run_sparse_with_per_sample_lengths(text_first):
 
     for valid, seq_lens in (([10, 10], None), ([10, 3], (100, 93))):
         baseline = run(torch.tensor(valid))
-        with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
-                              policy="topk", topk_ratio=1.0, sparse_density_limit=1.0) as handle:
+        with accelerate_model(
+            toy,
+            adapter=adapter,
+            num_inference_steps=4,
+            dense_steps=1,
+            block_size=16,
+            policy="topk",
+            topk_ratio=1.0,
+            sparse_density_limit=1.0,
+        ) as handle:
             seen = _record_layout(handle.controller)
             outs = run(torch.tensor(valid))
             report = handle.report()
@@ -586,9 +631,19 @@ def test_complement_cache_restores_the_dense_output_when_inputs_repeat():
     baseline = run()
     errors = {}
     for cache in (False, True):
-        with accelerate_model(toy, adapter=adapter, num_inference_steps=4, dense_steps=1, block_size=16,
-                              policy="topk", topk_ratio=0.3, sparse_density_limit=1.0, refresh_threshold=0,
-                              keep_text_tokens=False, cache_complement=cache) as handle:
+        with accelerate_model(
+            toy,
+            adapter=adapter,
+            num_inference_steps=4,
+            dense_steps=1,
+            block_size=16,
+            policy="topk",
+            topk_ratio=0.3,
+            sparse_density_limit=1.0,
+            refresh_threshold=0,
+            keep_text_tokens=False,
+            cache_complement=cache,
+        ) as handle:
             outs = run()
             report = handle.report()
         assert report["calls"]["sparse"] == 3 and report["density"] < 0.6

@@ -44,8 +44,13 @@ def test_forced_diagonal_is_the_key_blocks_holding_each_query_blocks_own_tokens(
 
 @pytest.mark.parametrize(
     "backend, dtype, tol",
-    [("cpu", torch.float32, 2e-5), ("gather", torch.float32, 2e-5), ("gather", torch.float64, 1e-12),
-     ("reference", torch.float64, 2e-5), ("triton", torch.float32, 2e-5)],
+    [
+        ("cpu", torch.float32, 2e-5),
+        ("gather", torch.float32, 2e-5),
+        ("gather", torch.float64, 1e-12),
+        ("reference", torch.float64, 2e-5),
+        ("triton", torch.float32, 2e-5),
+    ],
 )
 def test_prefix_attention_backends_match_float64_restricted_to_kept_blocks(backend, dtype, tol):
     device = "cpu"
@@ -105,8 +110,9 @@ def test_only_adapters_declaring_query_suffix_serve_non_square_calls():
     assert torch.equal(_intercepted(generic, q, k, v), expected)
     assert dict(generic.passthrough) == {"attn: cross-attention (Sq != Sk)": 1}
 
-    prefix = _controller(True, policy="topk", topk_ratio=0.1, keep_generated_tokens=False, cache_complement=True,
-                         refresh_threshold=0.0)
+    prefix = _controller(
+        True, policy="topk", topk_ratio=0.1, keep_generated_tokens=False, cache_complement=True, refresh_threshold=0.0
+    )
     outs = [_intercepted(prefix, q, k, v) for _ in range(3)]  # build, then two sparse steps
     assert prefix.passthrough == {} and prefix.stats["attn"].calls == {"build": 1, "sparse": 2}
     assert float((outs[0] - expected).abs().max()) < 1e-12
@@ -117,13 +123,16 @@ def test_only_adapters_declaring_query_suffix_serve_non_square_calls():
     assert float((outs[1] - expected).abs().max()) < 1e-6
 
     more_queries = _controller(True)  # Sq > Sk: not a prefix call
-    assert torch.equal(_intercepted(more_queries, k.repeat(1, 2, 1, 1), q[:, :2], q[:, :2]),
-                       F.scaled_dot_product_attention(k.repeat(1, 2, 1, 1), q[:, :2], q[:, :2], enable_gqa=True))
+    assert torch.equal(
+        _intercepted(more_queries, k.repeat(1, 2, 1, 1), q[:, :2], q[:, :2]),
+        F.scaled_dot_product_attention(k.repeat(1, 2, 1, 1), q[:, :2], q[:, :2], enable_gqa=True),
+    )
     assert dict(more_queries.passthrough) == {"attn: cross-attention (Sq != Sk)": 1}
     cut = _controller(True)  # a mask leaving fewer keys than queries: the queries cannot be the last keys
     short = (torch.arange(SK) < 40)[None, None, None, :]
-    assert torch.equal(_intercepted(cut, q, k, v, short),
-                       F.scaled_dot_product_attention(q, k, v, attn_mask=short, enable_gqa=True))
+    assert torch.equal(
+        _intercepted(cut, q, k, v, short), F.scaled_dot_product_attention(q, k, v, attn_mask=short, enable_gqa=True)
+    )
     assert dict(cut.passthrough) == {"attn: prefix attention with fewer keys than queries (Sq=45, Sk=40)": 1}
 
 
@@ -149,7 +158,9 @@ def test_prefix_masks_are_honoured_only_as_exact_tile_patterns():
     aligned[..., 16:32, 0:16] = False  # query block 1 may not see key block 0: a tile pattern
     controller = _controller(True, policy="topk", topk_ratio=1.0)
     out = _intercepted(controller, q, k, v, aligned)
-    assert float((out - F.scaled_dot_product_attention(q, k, v, attn_mask=aligned, enable_gqa=True)).abs().max()) < 1e-12
+    assert (
+        float((out - F.scaled_dot_product_attention(q, k, v, attn_mask=aligned, enable_gqa=True)).abs().max()) < 1e-12
+    )
     assert controller.passthrough == {} and not bool(controller.last_masks["attn"].to_dense()[0, :, 1, 0].any())
 
 
@@ -176,11 +187,15 @@ def test_sparsed_selection_runs_prefix_calls_dense_and_says_so():
 
 
 def test_dense_ranges_of_prefix_calls_are_key_positions():
-    controller = SparseController(SparseAttentionConfig(block_size=BLOCK), ["attn"], lambda: None, text_position="first")
+    controller = SparseController(
+        SparseAttentionConfig(block_size=BLOCK), ["attn"], lambda: None, text_position="first"
+    )
     # canvas key columns only: every query is a canvas token; joint text (query positions 0..4) moves to keys 37..41
     assert controller._dense_ranges((SQ, SK), 5, query_offset=PREFIX) == ([(37, 42)], [(PREFIX, SK)])
     assert controller._dense_ranges((SQ, SQ), 5) == ([(0, 5)], [])  # self-attention unchanged
-    off = SparseController(SparseAttentionConfig(block_size=BLOCK, keep_generated_tokens=False), ["attn"], lambda: None)
+    off = SparseController(
+        SparseAttentionConfig(block_size=BLOCK, keep_generated_tokens=False), ["attn"], lambda: None
+    )
     assert off._dense_ranges((SQ, SK), 0, query_offset=PREFIX) == ([], [])
 
 

@@ -28,8 +28,16 @@ def pipe():
 
 
 def _run(pipe, prompt: str, seed: int = 0):
-    out = pipe(prompt, height=128, width=128, num_frames=33, num_inference_steps=STEPS, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(seed), output_type="np")
+    out = pipe(
+        prompt,
+        height=128,
+        width=128,
+        num_frames=33,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    )
     return np.asarray(out.frames[0], dtype=np.float64)  # [F, H, W, 3] in [0, 1]
 
 
@@ -84,14 +92,37 @@ def test_quality_curve_rows_against_the_dense_run(pipe, tmp_path):
     measurably sparser and worse, re-plans count in the density, and the plot is written."""
     from sparse_diffusion.quality_curve import plot_curve, run_quality_curve
 
-    call = dict(prompt="a blue square moving up", height=64, width=64, num_frames=9, num_inference_steps=4,
-                guidance_scale=5.0, output_type="np")
+    call = dict(
+        prompt="a blue square moving up",
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        output_type="np",
+    )
     points = [
         ("keep all", {"policy": "topk", "topk_ratio": 1.0, "sparse_density_limit": 1.0, "block_size": 16}),
-        ("top-k 0.1", {"policy": "topk", "topk_ratio": 0.1, "sparse_density_limit": 1.0, "block_size": 16,
-                       "refresh_threshold": 0.0}),
-        ("top-k 0.1, always re-plan", {"policy": "topk", "topk_ratio": 0.1, "sparse_density_limit": 1.0,
-                                       "block_size": 16, "refresh_threshold": 1.0}),
+        (
+            "top-k 0.1",
+            {
+                "policy": "topk",
+                "topk_ratio": 0.1,
+                "sparse_density_limit": 1.0,
+                "block_size": 16,
+                "refresh_threshold": 0.0,
+            },
+        ),
+        (
+            "top-k 0.1, always re-plan",
+            {
+                "policy": "topk",
+                "topk_ratio": 0.1,
+                "sparse_density_limit": 1.0,
+                "block_size": 16,
+                "refresh_threshold": 1.0,
+            },
+        ),
     ]
     result = run_quality_curve(pipe, [call], [0], points, progress=False)
     rows = {r["label"]: r for r in result["points"]}

@@ -39,12 +39,26 @@ def _cases() -> list[dict]:
         for kind in ("sparse", "dense"):
             for c in launch.kept_configs(kind, 128, (128, 128), torch.bfloat16, arch, limit):
                 cases.append(dict(kernel=kind, arch=arch, dtype="bfloat16", head_dim=128, block_size=[128, 128], **c))
-            extra = [("bfloat16", 64, 128, 16), ("bfloat16", 256, 128, 16), ("bfloat16", 40, 128, 8),
-                     ("bfloat16", 128, 32, 16), ("float16", 128, 128, 16)]
+            extra = [
+                ("bfloat16", 64, 128, 16),
+                ("bfloat16", 256, 128, 16),
+                ("bfloat16", 40, 128, 8),
+                ("bfloat16", 128, 32, 16),
+                ("float16", 128, 128, 16),
+            ]
             for dtype, d, block, align in extra:
                 kept = launch.kept_configs(kind, d, (block, block), getattr(torch, dtype), arch, limit)
-                cases.append(dict(kernel=kind, arch=arch, dtype=dtype, head_dim=d, block_size=[block, block],
-                                  row_align=align, **_heaviest(kept)))
+                cases.append(
+                    dict(
+                        kernel=kind,
+                        arch=arch,
+                        dtype=dtype,
+                        head_dim=d,
+                        block_size=[block, block],
+                        row_align=align,
+                        **_heaviest(kept),
+                    )
+                )
     return cases
 
 
@@ -52,8 +66,10 @@ CASES = _cases()
 
 
 def _case_id(c):
-    return f"{c['kernel']}-sm{c['arch']}-{c['dtype']}-d{c['head_dim']}-b{c['block_size'][0]}-" \
-           f"{c['BLOCK_M']}x{c['BLOCK_N']}-w{c['num_warps']}s{c['num_stages']}"
+    return (
+        f"{c['kernel']}-sm{c['arch']}-{c['dtype']}-d{c['head_dim']}-b{c['block_size'][0]}-"
+        f"{c['BLOCK_M']}x{c['BLOCK_N']}-w{c['num_warps']}s{c['num_stages']}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +78,12 @@ def compiled():
         pytest.skip(f"cannot compile for NVIDIA targets here: {MISSING}")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "sparse_diffusion.kernels.triton.aot", "2"], input=json.dumps(CASES), env=env,
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "sparse_diffusion.kernels.triton.aot", "2"],
+        input=json.dumps(CASES),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
@@ -77,8 +97,14 @@ def test_kernel_compiles_for_real_gpus_without_spills(compiled, case):
     assert "error" not in r, r.get("error")
     assert r["local_bytes"] == 0, f"register spills: {r['local_bytes']} bytes of local memory/stack per thread"
     assert r["shared_bytes"] <= aot.MAX_SHARED[r["arch"]]
-    estimate = launch.shared_bytes(r["BLOCK_M"], r["BLOCK_N"], launch.padded_head_dim(r["head_dim"]), r["num_stages"],
-                                   torch.empty(0, dtype=getattr(torch, r["dtype"])).element_size(), r["arch"])
+    estimate = launch.shared_bytes(
+        r["BLOCK_M"],
+        r["BLOCK_N"],
+        launch.padded_head_dim(r["head_dim"]),
+        r["num_stages"],
+        torch.empty(0, dtype=getattr(torch, r["dtype"])).element_size(),
+        r["arch"],
+    )
     assert r["shared_bytes"] <= estimate + launch.SHARED_SLACK, "the prune rule's shared-memory estimate is low"
     if r["arch"] >= 90 and r["BLOCK_M"] >= 64:  # a warpgroup's wgmma covers 64 rows; smaller tiles use mma.sync
         assert r["wgmma"], "no wgmma on sm_90: the dots fell back to mma.sync"

@@ -185,14 +185,18 @@ def test_custom_ops_trace_without_graph_breaks():
         test_utils=("test_schema", "test_faketensor"),
     )
     torch.library.opcheck(
-        torch.ops.sparse_diffusion.dense_fwd_stats.default, (q, k, v, lens, 32, 32, 0.125),
+        torch.ops.sparse_diffusion.dense_fwd_stats.default,
+        (q, k, v, lens, 32, 32, 0.125),
         test_utils=("test_schema", "test_faketensor"),
     )
 
 
 def test_triton_reasons_and_config_override(monkeypatch):
     assert launch.not_supported_reasons(torch.zeros(1, 1, 4, 512, device=DEVICE)) == ["head dim 512 > 256"]
-    assert "not supported" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, dtype=torch.float64, device=DEVICE))[0]
+    assert (
+        "not supported"
+        in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, dtype=torch.float64, device=DEVICE))[0]
+    )
     assert "powers of two" in launch.not_supported_reasons(torch.zeros(1, 1, 4, 64, device=DEVICE), (48, 48))[0]
     q = torch.zeros(1, 1, 96, 64, device=DEVICE)
     with pytest.raises(Exception, match="powers of two"):
@@ -203,7 +207,11 @@ def test_triton_reasons_and_config_override(monkeypatch):
     monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", "warps=8")
     with pytest.raises(Exception, match="num_warps=4,num_stages=2"):
         launch._configs()
-    for bad in ("num_warps=3,num_stages=2", "num_warps=4,num_stages=0", "num_warps=4,num_stages=2,block_m=16,block_m=32"):
+    for bad in (
+        "num_warps=3,num_stages=2",
+        "num_warps=4,num_stages=0",
+        "num_warps=4,num_stages=2,block_m=16,block_m=32",
+    ):
         monkeypatch.setenv("SPARSE_DIFFUSION_TRITON_CONFIG", bad)
         with pytest.raises(Exception, match="SPARSE_DIFFUSION_TRITON_CONFIG"):
             launch._configs()
@@ -253,11 +261,15 @@ def test_fake_kernels_report_the_real_strides_for_permuted_inputs():
     assert not q.is_contiguous()
     mask = _mask(1, 2, 64, 64, (32, 32), seed=1)
     lens = torch.tensor([64], dtype=torch.int32, device=DEVICE)
-    out, _ = torch.ops.sparse_diffusion.block_sparse_fwd(q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.2)
+    out, _ = torch.ops.sparse_diffusion.block_sparse_fwd(
+        q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.2
+    )
     assert out.is_contiguous()
     for op, args in [
-        (torch.ops.sparse_diffusion.block_sparse_fwd.default,
-         (q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.2)),
+        (
+            torch.ops.sparse_diffusion.block_sparse_fwd.default,
+            (q, k, v, mask.kv_num_blocks, mask.kv_indices, lens, 32, 32, 0.2),
+        ),
         (torch.ops.sparse_diffusion.dense_fwd_stats.default, (q, k, v, lens, 32, 32, 0.2)),
     ]:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))

@@ -88,7 +88,9 @@ def _signature(fn, dtype: str, constexprs: dict, int64: frozenset = frozenset())
 
 def _divisibility(fn, sig: dict, aligned: set) -> dict:
     """What the JIT specialises at launch: 16-byte aligned pointers, integers divisible by 16."""
-    return {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n in aligned}
+    return {
+        (i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n in aligned
+    }
 
 
 # Integer arguments that equal 1 for a contiguous head dim (the JIT turns them into constants) and the ones that are
@@ -98,8 +100,15 @@ ROW_STRIDES = ("stride_qm", "stride_kn", "stride_vn", "stride_om")
 BASE_STRIDES = ("stride_qz", "stride_qh", "stride_kz", "stride_kh", "stride_vz", "stride_vh", "stride_oz", "stride_oh")
 
 
-def launch_specialisation(fn, dtype: str, head_dim: int, block_size: tuple[int, int], tile: dict,
-                          row_align: int = 16, interpret: bool = False) -> tuple[dict, set]:
+def launch_specialisation(
+    fn,
+    dtype: str,
+    head_dim: int,
+    block_size: tuple[int, int],
+    tile: dict,
+    row_align: int = 16,
+    interpret: bool = False,
+) -> tuple[dict, set]:
     """(constexprs, integer arguments divisible by 16) of a launch by `launch` on diffusers' permuted q
     [B, S, H, D] with `head_dim` D, mask blocks `block_size` and `tile` (BLOCK_M, BLOCK_N)."""
     import torch
@@ -125,11 +134,23 @@ def resource_usage(cubin: bytes) -> tuple[int, int, int]:
             [_tool("cuobjdump"), "--dump-resource-usage", path], capture_output=True, text=True, check=True, timeout=60
         ).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
-    return int(fields.get("REG", 0)), int(fields.get("LOCAL", 0)) + int(fields.get("STACK", 0)), int(fields.get("SHARED", 0))
+    return (
+        int(fields.get("REG", 0)),
+        int(fields.get("LOCAL", 0)) + int(fields.get("STACK", 0)),
+        int(fields.get("SHARED", 0)),
+    )
 
 
-def compile_kernel(fn, arch: int, dtype: str, constexprs: dict, num_warps: int, num_stages: int,
-                   aligned: set | None = None, int64: frozenset = frozenset()) -> CompiledKernel:
+def compile_kernel(
+    fn,
+    arch: int,
+    dtype: str,
+    constexprs: dict,
+    num_warps: int,
+    num_stages: int,
+    aligned: set | None = None,
+    int64: frozenset = frozenset(),
+) -> CompiledKernel:
     """Compile `fn` (a `@triton.jit` function of ours) for `sm_{arch}` with the given constexprs and launch options.
 
     Args:
@@ -152,9 +173,14 @@ def compile_kernel(fn, arch: int, dtype: str, constexprs: dict, num_warps: int, 
     ptx = compiled.asm["ptx"]
     regs, local, static_shared = resource_usage(compiled.asm["cubin"])
     return CompiledKernel(
-        name=fn.__name__, arch=arch, registers=regs, local_bytes=local,
+        name=fn.__name__,
+        arch=arch,
+        registers=regs,
+        local_bytes=local,
         shared_bytes=max(int(compiled.metadata.shared), static_shared),
-        wgmma="wgmma.mma_async" in ptx, async_copies=("cp.async" in ptx), ptx_lines=ptx.count("\n"),
+        wgmma="wgmma.mma_async" in ptx,
+        async_copies=("cp.async" in ptx),
+        ptx_lines=ptx.count("\n"),
     )
 
 
@@ -173,11 +199,19 @@ def compile_case(case: dict) -> dict:
         constexprs, aligned = launch_specialisation(
             fn, case["dtype"], d, (bq, bk), {"BLOCK_M": m, "BLOCK_N": n}, row_align=case.get("row_align", 16)
         )
-        result = compile_kernel(fn, case["arch"], case["dtype"], constexprs, case["num_warps"], case["num_stages"], aligned)
+        result = compile_kernel(
+            fn, case["arch"], case["dtype"], constexprs, case["num_warps"], case["num_stages"], aligned
+        )
     except Exception as exc:  # reported to the caller, which fails the case with the message
         return {**case, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:2000]}"}
-    return {**case, "registers": result.registers, "local_bytes": result.local_bytes,
-            "shared_bytes": result.shared_bytes, "wgmma": result.wgmma, "async_copies": result.async_copies}
+    return {
+        **case,
+        "registers": result.registers,
+        "local_bytes": result.local_bytes,
+        "shared_bytes": result.shared_bytes,
+        "wgmma": result.wgmma,
+        "async_copies": result.async_copies,
+    }
 
 
 def main() -> None:

@@ -28,13 +28,15 @@ def _safe_max(m):
 
 
 @triton.jit
-def _load_q(Q, off_b, off_h, offs_m, offs_d, stride_qz, stride_qh, stride_qm, stride_qk, SEQ_Q, HEAD_D,
-            DOT_F32: tl.constexpr):
+def _load_q(
+    Q, off_b, off_h, offs_m, offs_d, stride_qz, stride_qh, stride_qm, stride_qk, SEQ_Q, HEAD_D, DOT_F32: tl.constexpr
+):
     """Query tile [BLOCK_M, HEAD_DIM], zero past SEQ_Q rows and HEAD_D columns (loaded once per program)."""
     base = Q + off_b.to(tl.int64) * stride_qz + off_h.to(tl.int64) * stride_qh
     q = tl.load(
         base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qk,
-        mask=(offs_m < SEQ_Q)[:, None] & (offs_d < HEAD_D)[None, :], other=0.0,
+        mask=(offs_m < SEQ_Q)[:, None] & (offs_d < HEAD_D)[None, :],
+        other=0.0,
     )
     if DOT_F32:
         q = q.to(tl.float32)
@@ -42,8 +44,18 @@ def _load_q(Q, off_b, off_h, offs_m, offs_d, stride_qz, stride_qh, stride_qm, st
 
 
 @triton.jit
-def _load_k(k_tile, offs_n, offs_d, stride_kn, stride_kk, n_valid, HEAD_D, MASK_KEYS: tl.constexpr,
-            EVEN_D: tl.constexpr, DOT_F32: tl.constexpr):
+def _load_k(
+    k_tile,
+    offs_n,
+    offs_d,
+    stride_kn,
+    stride_kk,
+    n_valid,
+    HEAD_D,
+    MASK_KEYS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """K^T tile [HEAD_DIM, BLOCK_N] at the tile base pointer; with MASK_KEYS, keys at or past `n_valid` (relative to
     the tile) load 0; padded head-dim rows load 0."""
     ptrs = k_tile + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kk
@@ -59,8 +71,18 @@ def _load_k(k_tile, offs_n, offs_d, stride_kn, stride_kk, n_valid, HEAD_D, MASK_
 
 
 @triton.jit
-def _load_v(v_tile, offs_n, offs_d, stride_vn, stride_vk, n_valid, HEAD_D, MASK_KEYS: tl.constexpr,
-            EVEN_D: tl.constexpr, DOT_F32: tl.constexpr):
+def _load_v(
+    v_tile,
+    offs_n,
+    offs_d,
+    stride_vn,
+    stride_vk,
+    n_valid,
+    HEAD_D,
+    MASK_KEYS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """V tile [BLOCK_N, HEAD_DIM], masked like `_load_k`."""
     ptrs = v_tile + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vk
     if MASK_KEYS:
@@ -75,8 +97,26 @@ def _load_v(v_tile, offs_n, offs_d, stride_vn, stride_vk, n_valid, HEAD_D, MASK_
 
 
 @triton.jit
-def _attend_tile(q, k_tile, v_tile, offs_n, offs_d, stride_kn, stride_kk, stride_vn, stride_vk, n_valid, HEAD_D,
-                 m_i, l_i, acc, qk_scale, MASK_KEYS: tl.constexpr, EVEN_D: tl.constexpr, DOT_F32: tl.constexpr):
+def _attend_tile(
+    q,
+    k_tile,
+    v_tile,
+    offs_n,
+    offs_d,
+    stride_kn,
+    stride_kk,
+    stride_vn,
+    stride_vk,
+    n_valid,
+    HEAD_D,
+    m_i,
+    l_i,
+    acc,
+    qk_scale,
+    MASK_KEYS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """Load one K/V tile and fold it into the online softmax: returns updated (m_i, l_i, acc)."""
     k = _load_k(k_tile, offs_n, offs_d, stride_kn, stride_kk, n_valid, HEAD_D, MASK_KEYS, EVEN_D, DOT_F32)
     v = _load_v(v_tile, offs_n, offs_d, stride_vn, stride_vk, n_valid, HEAD_D, MASK_KEYS, EVEN_D, DOT_F32)
@@ -100,8 +140,26 @@ def _online_tile(q, k, v, offs_n, n_valid, m_i, l_i, acc, qk_scale, MASK_KEYS: t
 
 
 @triton.jit
-def _store_out_lse(Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d, stride_oz, stride_oh, stride_om,
-                   stride_ok, stride_lz, stride_lh, stride_lm, SEQ_Q, HEAD_D):
+def _store_out_lse(
+    Out,
+    Lse,
+    acc,
+    m_i,
+    l_i,
+    off_b,
+    off_h,
+    offs_m,
+    offs_d,
+    stride_oz,
+    stride_oh,
+    stride_om,
+    stride_ok,
+    stride_lz,
+    stride_lh,
+    stride_lm,
+    SEQ_Q,
+    HEAD_D,
+):
     """Normalise and store the output; store the LSE in natural log (-inf and output 0 for empty rows)."""
     has = l_i > 0.0
     l_safe = tl.where(has, l_i, 1.0)
@@ -117,20 +175,55 @@ def _store_out_lse(Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d, stride
 
 @triton.jit
 def _block_sparse_fwd_kernel(
-    Q, K, V, Out, Lse, KvNum, KvIdx, SeqLensK,  #
-    stride_qz, stride_qh, stride_qm, stride_qk,  #
-    stride_kz, stride_kh, stride_kn, stride_kk,  #
-    stride_vz, stride_vh, stride_vn, stride_vk,  #
-    stride_oz, stride_oh, stride_om, stride_ok,  #
-    stride_lz, stride_lh, stride_lm,  #
-    stride_nz, stride_nh, stride_nm,  #
-    stride_iz, stride_ih, stride_im, stride_ik,  #
-    H, GROUPS, SEQ_Q, SEQ_K, qk_scale, SEQ_BUCKET,  #
-    MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DIM: tl.constexpr,  #
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    KvNum,
+    KvIdx,
+    SeqLensK,  #
+    stride_qz,
+    stride_qh,
+    stride_qm,
+    stride_qk,  #
+    stride_kz,
+    stride_kh,
+    stride_kn,
+    stride_kk,  #
+    stride_vz,
+    stride_vh,
+    stride_vn,
+    stride_vk,  #
+    stride_oz,
+    stride_oh,
+    stride_om,
+    stride_ok,  #
+    stride_lz,
+    stride_lh,
+    stride_lm,  #
+    stride_nz,
+    stride_nh,
+    stride_nm,  #
+    stride_iz,
+    stride_ih,
+    stride_im,
+    stride_ik,  #
+    H,
+    GROUPS,
+    SEQ_Q,
+    SEQ_K,
+    qk_scale,
+    SEQ_BUCKET,  #
+    MASK_BQ: tl.constexpr,
+    MASK_BK: tl.constexpr,
+    HEAD_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,  #
     EVEN_D: tl.constexpr,  #
     ROW_ALIGN: tl.constexpr,  #
     DOT_F32: tl.constexpr,  #
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,  #
 ):
     """Grid: (cdiv(SEQ_Q, BLOCK_M), B * H). `KvNum` counts only kept blocks starting below `SeqLensK[b]`."""
     SPLIT: tl.constexpr = MASK_BK // BLOCK_N
@@ -160,15 +253,67 @@ def _block_sparse_fwd_kernel(
     n_interior = tl.maximum(count - 1, 0) * SPLIT
     for t in range(0, n_interior):  # every key of these tiles is valid: no mask, no branch
         start = tl.load(idx_base + (t // SPLIT) * stride_ik).to(tl.int64) * MASK_BK + (t % SPLIT) * BLOCK_N
-        m_i, l_i, acc = _attend_tile(q, k_base + start * stride_kn, v_base + start * stride_vn, offs_n, offs_d,
-                                     stride_kn, stride_kk, stride_vn, stride_vk, 0, HEAD_D, m_i, l_i, acc, qk_scale,
-                                     False, EVEN_D, DOT_F32)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k_base + start * stride_kn,
+            v_base + start * stride_vn,
+            offs_n,
+            offs_d,
+            stride_kn,
+            stride_kk,
+            stride_vn,
+            stride_vk,
+            0,
+            HEAD_D,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+            False,
+            EVEN_D,
+            DOT_F32,
+        )
     for t in range(n_interior, count * SPLIT):  # the last kept block: may hold the end of the valid keys
         start = tl.load(idx_base + (t // SPLIT) * stride_ik).to(tl.int64) * MASK_BK + (t % SPLIT) * BLOCK_N
         n_valid = (seq_k - start).to(tl.int32)
-        m_i, l_i, acc = _attend_tile(q, k_base + start * stride_kn, v_base + start * stride_vn, offs_n, offs_d,
-                                     stride_kn, stride_kk, stride_vn, stride_vk, n_valid, HEAD_D, m_i, l_i, acc,
-                                     qk_scale, True, EVEN_D, DOT_F32)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k_base + start * stride_kn,
+            v_base + start * stride_vn,
+            offs_n,
+            offs_d,
+            stride_kn,
+            stride_kk,
+            stride_vn,
+            stride_vk,
+            n_valid,
+            HEAD_D,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+            True,
+            EVEN_D,
+            DOT_F32,
+        )
 
-    _store_out_lse(Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d, stride_oz, stride_oh, stride_om,
-                   stride_ok, stride_lz, stride_lh, stride_lm, SEQ_Q, HEAD_D)
+    _store_out_lse(
+        Out,
+        Lse,
+        acc,
+        m_i,
+        l_i,
+        off_b,
+        off_h,
+        offs_m,
+        offs_d,
+        stride_oz,
+        stride_oh,
+        stride_om,
+        stride_ok,
+        stride_lz,
+        stride_lh,
+        stride_lm,
+        SEQ_Q,
+        HEAD_D,
+    )

@@ -28,19 +28,52 @@ def _tile_mass(q, k, offs_n, n_valid, lse2, m_valid, qk_scale, MASK_KEYS: tl.con
 
 @triton.jit
 def _dense_fwd_stats_kernel(
-    Q, K, V, Out, Lse, MassSum, SeqLensK,  #
-    stride_qz, stride_qh, stride_qm, stride_qk,  #
-    stride_kz, stride_kh, stride_kn, stride_kk,  #
-    stride_vz, stride_vh, stride_vn, stride_vk,  #
-    stride_oz, stride_oh, stride_om, stride_ok,  #
-    stride_lz, stride_lh, stride_lm,  #
-    stride_mz, stride_mh, stride_mq, stride_mk,  #
-    H, GROUPS, SEQ_Q, SEQ_K, NUM_KB, qk_scale, SEQ_BUCKET,  #
-    MASK_BQ: tl.constexpr, MASK_BK: tl.constexpr, HEAD_D: tl.constexpr, HEAD_DIM: tl.constexpr,  #
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    MassSum,
+    SeqLensK,  #
+    stride_qz,
+    stride_qh,
+    stride_qm,
+    stride_qk,  #
+    stride_kz,
+    stride_kh,
+    stride_kn,
+    stride_kk,  #
+    stride_vz,
+    stride_vh,
+    stride_vn,
+    stride_vk,  #
+    stride_oz,
+    stride_oh,
+    stride_om,
+    stride_ok,  #
+    stride_lz,
+    stride_lh,
+    stride_lm,  #
+    stride_mz,
+    stride_mh,
+    stride_mq,
+    stride_mk,  #
+    H,
+    GROUPS,
+    SEQ_Q,
+    SEQ_K,
+    NUM_KB,
+    qk_scale,
+    SEQ_BUCKET,  #
+    MASK_BQ: tl.constexpr,
+    MASK_BK: tl.constexpr,
+    HEAD_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,  #
     EVEN_D: tl.constexpr,  #
     ROW_ALIGN: tl.constexpr,  #
     DOT_F32: tl.constexpr,  #
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,  #
 ):
     """Grid: (cdiv(SEQ_Q, BLOCK_M), B * H)."""
     SPLIT: tl.constexpr = MASK_BK // BLOCK_N
@@ -67,17 +100,69 @@ def _dense_fwd_stats_kernel(
     full_tiles = seq_k // BLOCK_N
     for t in range(0, full_tiles):  # pass 1, interior tiles: no mask
         start = tl.cast(t * BLOCK_N, tl.int64)
-        m_i, l_i, acc = _attend_tile(q, k_base + start * stride_kn, v_base + start * stride_vn, offs_n, offs_d,
-                                     stride_kn, stride_kk, stride_vn, stride_vk, 0, HEAD_D, m_i, l_i, acc, qk_scale,
-                                     False, EVEN_D, DOT_F32)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k_base + start * stride_kn,
+            v_base + start * stride_vn,
+            offs_n,
+            offs_d,
+            stride_kn,
+            stride_kk,
+            stride_vn,
+            stride_vk,
+            0,
+            HEAD_D,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+            False,
+            EVEN_D,
+            DOT_F32,
+        )
     for t in range(full_tiles, tl.cdiv(seq_k, BLOCK_N)):  # pass 1, the partial last tile
         start = tl.cast(t * BLOCK_N, tl.int64)
         n_valid = (seq_k - start).to(tl.int32)
-        m_i, l_i, acc = _attend_tile(q, k_base + start * stride_kn, v_base + start * stride_vn, offs_n, offs_d,
-                                     stride_kn, stride_kk, stride_vn, stride_vk, n_valid, HEAD_D, m_i, l_i, acc,
-                                     qk_scale, True, EVEN_D, DOT_F32)
-    _store_out_lse(Out, Lse, acc, m_i, l_i, off_b, off_h, offs_m, offs_d, stride_oz, stride_oh, stride_om,
-                   stride_ok, stride_lz, stride_lh, stride_lm, SEQ_Q, HEAD_D)
+        m_i, l_i, acc = _attend_tile(
+            q,
+            k_base + start * stride_kn,
+            v_base + start * stride_vn,
+            offs_n,
+            offs_d,
+            stride_kn,
+            stride_kk,
+            stride_vn,
+            stride_vk,
+            n_valid,
+            HEAD_D,
+            m_i,
+            l_i,
+            acc,
+            qk_scale,
+            True,
+            EVEN_D,
+            DOT_F32,
+        )
+    _store_out_lse(
+        Out,
+        Lse,
+        acc,
+        m_i,
+        l_i,
+        off_b,
+        off_h,
+        offs_m,
+        offs_d,
+        stride_oz,
+        stride_oh,
+        stride_om,
+        stride_ok,
+        stride_lz,
+        stride_lh,
+        stride_lm,
+        SEQ_Q,
+        HEAD_D,
+    )
 
     m_valid = offs_m < SEQ_Q
     lse2 = tl.where(m_valid, m_i + tl.math.log2(l_i), 0.0)
@@ -87,8 +172,9 @@ def _dense_fwd_stats_kernel(
         total = 0.0
         for sub in tl.static_range(SPLIT):
             start = tl.cast(kb * MASK_BK + sub * BLOCK_N, tl.int64)
-            k = _load_k(k_base + start * stride_kn, offs_n, offs_d, stride_kn, stride_kk, 0, HEAD_D, False, EVEN_D,
-                        DOT_F32)
+            k = _load_k(
+                k_base + start * stride_kn, offs_n, offs_d, stride_kn, stride_kk, 0, HEAD_D, False, EVEN_D, DOT_F32
+            )
             total += _tile_mass(q, k, offs_n, 0, lse2, m_valid, qk_scale, False)
         tl.store(mass_base + kb * stride_mk, total)
     for kb in range(full_blocks, NUM_KB):  # pass 2, blocks holding the end of the valid keys or past it
@@ -96,7 +182,17 @@ def _dense_fwd_stats_kernel(
         for sub in tl.static_range(SPLIT):
             start = tl.cast(kb * MASK_BK + sub * BLOCK_N, tl.int64)
             n_valid = (seq_k - start).to(tl.int32)
-            k = _load_k(k_base + start * stride_kn, offs_n, offs_d, stride_kn, stride_kk, n_valid, HEAD_D, True,
-                        EVEN_D, DOT_F32)
+            k = _load_k(
+                k_base + start * stride_kn,
+                offs_n,
+                offs_d,
+                stride_kn,
+                stride_kk,
+                n_valid,
+                HEAD_D,
+                True,
+                EVEN_D,
+                DOT_F32,
+            )
             total += _tile_mass(q, k, offs_n, n_valid, lse2, m_valid, qk_scale, True)
         tl.store(mass_base + kb * stride_mk, total)

@@ -63,7 +63,9 @@ def not_supported_reasons(q: torch.Tensor, block_size: tuple[int, int] | None = 
             reasons.append(f"block size {tuple(block_size)}: Triton tiles must be powers of two in [16, {_MAX_TILE}]")
             break
     if not reasons and q.device.type == "cuda" and block_size and _override() is None:
-        arch, max_shared = _device_limits(q.device.index if q.device.index is not None else torch.cuda.current_device())
+        arch, max_shared = _device_limits(
+            q.device.index if q.device.index is not None else torch.cuda.current_device()
+        )
         for kind in ("sparse", "dense"):
             if not kept_configs(kind, q.shape[-1], tuple(block_size), q.dtype, arch, max_shared):
                 reasons.append(
@@ -82,7 +84,11 @@ def kernel_constants(dtype: torch.dtype, d: int, block_size: tuple[int, int], in
     """The constexpr arguments both kernels take for `dtype`, true head dim `d` and mask blocks `block_size`."""
     head_dim = padded_head_dim(d)
     return dict(
-        MASK_BQ=int(block_size[0]), MASK_BK=int(block_size[1]), HEAD_D=d, HEAD_DIM=head_dim, EVEN_D=head_dim == d,
+        MASK_BQ=int(block_size[0]),
+        MASK_BK=int(block_size[1]),
+        HEAD_D=d,
+        HEAD_DIM=head_dim,
+        EVEN_D=head_dim == d,
         DOT_F32=interpret and dtype == torch.bfloat16,
     )
 
@@ -102,8 +108,15 @@ def shared_bytes(block_m: int, block_n: int, head_dim: int, num_stages: int, ele
 # table also holds with Triton 3.6 (checked once, the GPU machines' version).
 _SAFE = {
     "sparse": {
-        64: {(32, 32, 4): 2, (64, 64, 4): 3, (64, 64, 8): 3, (64, 128, 8): 3, (128, 64, 4): 2, (128, 64, 8): 3,
-             (128, 128, 8): 3},
+        64: {
+            (32, 32, 4): 2,
+            (64, 64, 4): 3,
+            (64, 64, 8): 3,
+            (64, 128, 8): 3,
+            (128, 64, 4): 2,
+            (128, 64, 8): 3,
+            (128, 128, 8): 3,
+        },
         128: {(32, 32, 4): 3, (64, 64, 8): 3, (128, 64, 8): (0, 2)},  # sm_80 + Triton 3.6 spill 24 B at 128x64
         256: {(32, 32, 4): 3, (32, 64, 8): 3, (64, 32, 8): 3},
     },
@@ -129,12 +142,22 @@ def max_stages(kind: str, block_m: int, block_n: int, num_warps: int, d: int, ar
     return stages if isinstance(stages, int) else stages[arch >= 90]
 
 
-def config_fits(kind: str, block_m: int, block_n: int, num_warps: int, num_stages: int, d: int,
-                element_bytes: int, arch: int, max_shared: int) -> bool:
+def config_fits(
+    kind: str,
+    block_m: int,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+    d: int,
+    element_bytes: int,
+    arch: int,
+    max_shared: int,
+) -> bool:
     """Prune rule for true head dim `d`: the config compiles without register spills (`_SAFE`) and within
     `max_shared` bytes of shared memory (`shared_bytes`)."""
     return num_stages <= max_stages(kind, block_m, block_n, num_warps, d, arch) and (
-        shared_bytes(block_m, block_n, padded_head_dim(d), num_stages, element_bytes, arch) + SHARED_SLACK <= max_shared
+        shared_bytes(block_m, block_n, padded_head_dim(d), num_stages, element_bytes, arch) + SHARED_SLACK
+        <= max_shared
     )
 
 
@@ -142,7 +165,10 @@ def tile_configs() -> list[dict]:
     """Autotune candidates (BLOCK_M, BLOCK_N, num_warps, num_stages) before pruning."""
     return [
         dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
-        for m in (16, 32, 64, 128) for n in (16, 32, 64, 128) for w in (4, 8) for s in (2, 3)
+        for m in (16, 32, 64, 128)
+        for n in (16, 32, 64, 128)
+        for w in (4, 8)
+        for s in (2, 3)
     ]
 
 
@@ -153,15 +179,27 @@ def tile_choices(mask_block: int, d: int) -> set[int]:
     return {min(mask_block, t) for t in sizes}
 
 
-def kept_configs(kind: str, d: int, block_size: tuple[int, int], dtype: torch.dtype, arch: int,
-                 max_shared: int) -> list[dict]:
+def kept_configs(
+    kind: str, d: int, block_size: tuple[int, int], dtype: torch.dtype, arch: int, max_shared: int
+) -> list[dict]:
     """The candidates autotuning keeps for `kind` ("sparse"/"dense") at true head dim `d` on `sm_{arch}`."""
     rows = {dense_block_m(block_size[0], d)} if kind == "dense" else tile_choices(block_size[0], d)
     return [
-        c for c in tile_configs()
-        if c["BLOCK_M"] in rows and c["BLOCK_N"] in tile_choices(block_size[1], d)
-        and config_fits(kind, c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"], d,
-                        _ELEMENT_BYTES[dtype], arch, max_shared)
+        c
+        for c in tile_configs()
+        if c["BLOCK_M"] in rows
+        and c["BLOCK_N"] in tile_choices(block_size[1], d)
+        and config_fits(
+            kind,
+            c["BLOCK_M"],
+            c["BLOCK_N"],
+            c["num_warps"],
+            c["num_stages"],
+            d,
+            _ELEMENT_BYTES[dtype],
+            arch,
+            max_shared,
+        )
     ]
 
 
@@ -210,7 +248,9 @@ def _configs(dense: bool = False):
     tiles = ("BLOCK_N",) if dense else ("BLOCK_M", "BLOCK_N")  # the dense kernel's BLOCK_M is the launcher's
     unique = {tuple((k, c[k]) for k in (*tiles, "num_warps", "num_stages")) for c in tile_configs()}
     return [
-        triton.Config({k: v for k, v in c if k in tiles}, num_warps=dict(c)["num_warps"], num_stages=dict(c)["num_stages"])
+        triton.Config(
+            {k: v for k, v in c if k in tiles}, num_warps=dict(c)["num_warps"], num_stages=dict(c)["num_stages"]
+        )
         for c in sorted(unique)
     ]
 
@@ -226,8 +266,10 @@ def _fixed_tiles(block_size: tuple[int, int], d: int, dense: bool) -> dict:
     if pinned is None and not interpreting():
         return {"BLOCK_M": dense_block_m(block_size[0], d)} if dense else {}
     pinned = pinned or {}
-    tiles = {"BLOCK_M": pinned.get("BLOCK_M", dense_block_m(block_size[0], d) if dense else block_size[0]),
-             "BLOCK_N": pinned.get("BLOCK_N", block_size[1])}
+    tiles = {
+        "BLOCK_M": pinned.get("BLOCK_M", dense_block_m(block_size[0], d) if dense else block_size[0]),
+        "BLOCK_N": pinned.get("BLOCK_N", block_size[1]),
+    }
     for (key, tile), block in zip(tiles.items(), block_size):
         if tile < 16 or tile & (tile - 1) or block % tile:
             raise SparseDiffusionError(
@@ -257,8 +299,12 @@ def _prune(configs, named_args, **kwargs):
     for c in configs:
         m = kwargs.get("BLOCK_M", c.kwargs.get("BLOCK_M"))
         n = c.kwargs["BLOCK_N"]
-        if (m in tile_choices(bq, d) or dense) and n in tile_choices(bk, d) and config_fits(
-            "dense" if dense else "sparse", m, n, c.num_warps, c.num_stages, d, element, arch, max_shared
+        if (
+            (m in tile_choices(bq, d) or dense)
+            and n in tile_choices(bk, d)
+            and config_fits(
+                "dense" if dense else "sparse", m, n, c.num_warps, c.num_stages, d, element, arch, max_shared
+            )
         ):
             kept.append(c)
     if not kept:
@@ -306,8 +352,13 @@ def _common(q: torch.Tensor, k: torch.Tensor, scale: float, block_size: tuple[in
     b, h, sq, d = q.shape
     hk, sk = k.shape[1], k.shape[2]
     return dict(
-        H=h, GROUPS=h // hk, SEQ_Q=sq, SEQ_K=sk, qk_scale=scale * 1.4426950408889634,
-        SEQ_BUCKET=max(1, sk).bit_length(), **kernel_constants(q.dtype, d, block_size, interpreting()),
+        H=h,
+        GROUPS=h // hk,
+        SEQ_Q=sq,
+        SEQ_K=sk,
+        qk_scale=scale * 1.4426950408889634,
+        SEQ_BUCKET=max(1, sk).bit_length(),
+        **kernel_constants(q.dtype, d, block_size, interpreting()),
     )
 
 
@@ -328,9 +379,23 @@ def _block_sparse_impl(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q: 
 
     with _device(q):
         kernel[grid](
-            q, k, v, out, lse, num, idx, seq_lens_k,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *num.stride(), *idx.stride(),
-            ROW_ALIGN=row_align(q, k, v, out), **_common(q, k, scale, (block_q, block_k)),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            num,
+            idx,
+            seq_lens_k,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *out.stride(),
+            *lse.stride(),
+            *num.stride(),
+            *idx.stride(),
+            ROW_ALIGN=row_align(q, k, v, out),
+            **_common(q, k, scale, (block_q, block_k)),
             **_fixed_tiles((block_q, block_k), d, dense=False),
         )
     return out, lse
@@ -353,9 +418,23 @@ def _dense_stats_impl(q, k, v, seq_lens_k, block_q: int, block_k: int, scale: fl
     mass_sum = torch.empty(b, h, tiles, num_kb, dtype=torch.float32, device=q.device)
     with _device(q):
         kernel[(tiles, b * h)](
-            q, k, v, out, lse, mass_sum, seq_lens_k,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *mass_sum.stride(),
-            NUM_KB=num_kb, ROW_ALIGN=row_align(q, k, v, out), **fixed, **_common(q, k, scale, (block_q, block_k)),
+            q,
+            k,
+            v,
+            out,
+            lse,
+            mass_sum,
+            seq_lens_k,
+            *q.stride(),
+            *k.stride(),
+            *v.stride(),
+            *out.stride(),
+            *lse.stride(),
+            *mass_sum.stride(),
+            NUM_KB=num_kb,
+            ROW_ALIGN=row_align(q, k, v, out),
+            **fixed,
+            **_common(q, k, scale, (block_q, block_k)),
         )
     per_block = block_q // block_m  # query tiles per mask block: add them, then divide by the block's valid rows
     qb = triton_cdiv(sq, block_q)
@@ -369,8 +448,15 @@ def _dense_stats_impl(q, k, v, seq_lens_k, block_q: int, block_k: int, scale: fl
 
 @torch.library.custom_op("sparse_diffusion::block_sparse_fwd", mutates_args=())
 def block_sparse_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
-    seq_lens_k: torch.Tensor, block_q: int, block_k: int, scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    seq_lens_k: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Custom op: block-sparse forward; `kv_num_blocks` counts kept blocks starting below `seq_lens_k` (int32 [B]).
     Returns (out [B, H, Sq, D] contiguous, q's dtype; LSE float32 [B, H, Sq])."""
@@ -384,7 +470,12 @@ def _(q, k, v, kv_num_blocks, kv_indices, seq_lens_k, block_q, block_k, scale):
 
 @torch.library.custom_op("sparse_diffusion::dense_fwd_stats", mutates_args=())
 def dense_fwd_stats(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens_k: torch.Tensor, block_q: int, block_k: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_lens_k: torch.Tensor,
+    block_q: int,
+    block_k: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Custom op: dense forward with valid keys `seq_lens_k` int32 [B]; (out contiguous, LSE float32 [B, H, Sq],
@@ -396,7 +487,11 @@ def dense_fwd_stats(
 def _(q, k, v, seq_lens_k, block_q, block_k, scale):
     b, h, sq, _ = q.shape
     qb, kb = -(-sq // block_q), -(-k.shape[2] // block_k)
-    return q.new_empty(q.shape), q.new_empty((b, h, sq), dtype=torch.float32), q.new_empty((b, h, qb, kb), dtype=torch.float32)
+    return (
+        q.new_empty(q.shape),
+        q.new_empty((b, h, sq), dtype=torch.float32),
+        q.new_empty((b, h, qb, kb), dtype=torch.float32),
+    )
 
 
 def _check(q: torch.Tensor, block_size: tuple[int, int]) -> None:
