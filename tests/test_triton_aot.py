@@ -9,7 +9,7 @@ Which cases (the full grid takes ~15 minutes here; this subset ~1-2): every conf
 production shape (bf16, D=128, 128x128 mask blocks) on both targets, for both kernels; and, per target, the
 heaviest kept config (most stages, largest tile) of D=64, D=256, D=40 (padded to 64, 8-aligned rows) and 32x32
 mask blocks, plus fp16 at D=128. Every kept config of the full grid was compiled once when the prune table was
-measured (see `kernels/triton/launch.py`). The prune rule's coverage (some config for every head dim and mask block) is
+measured (see `kernels/triton/tiles.py`). The prune rule's coverage (some config for every head dim and mask block) is
 checked without compiling.
 """
 
@@ -23,7 +23,7 @@ import torch
 from sparse_diffusion.kernels.triton import aot
 
 
-launch = pytest.importorskip("sparse_diffusion.kernels.triton.launch")
+tiles = pytest.importorskip("sparse_diffusion.kernels.triton.tiles")
 MISSING = aot.tools_missing()
 ARCHS = (80, 90)
 
@@ -37,7 +37,7 @@ def _cases() -> list[dict]:
     for arch in ARCHS:
         limit = aot.MAX_SHARED[arch]
         for kind in ("sparse", "dense"):
-            for c in launch.kept_configs(kind, 128, (128, 128), torch.bfloat16, arch, limit):
+            for c in tiles.kept_configs(kind, 128, (128, 128), torch.bfloat16, arch, limit):
                 cases.append(dict(kernel=kind, arch=arch, dtype="bfloat16", head_dim=128, block_size=[128, 128], **c))
             extra = [
                 ("bfloat16", 64, 128, 16),
@@ -47,7 +47,7 @@ def _cases() -> list[dict]:
                 ("float16", 128, 128, 16),
             ]
             for dtype, d, block, align in extra:
-                kept = launch.kept_configs(kind, d, (block, block), getattr(torch, dtype), arch, limit)
+                kept = tiles.kept_configs(kind, d, (block, block), getattr(torch, dtype), arch, limit)
                 cases.append(
                     dict(
                         kernel=kind,
@@ -97,18 +97,18 @@ def test_kernel_compiles_for_real_gpus_without_spills(compiled, case):
     assert "error" not in r, r.get("error")
     assert r["local_bytes"] == 0, f"register spills: {r['local_bytes']} bytes of local memory/stack per thread"
     assert r["shared_bytes"] <= aot.MAX_SHARED[r["arch"]]
-    estimate = launch.shared_bytes(
+    estimate = tiles.shared_bytes(
         r["BLOCK_M"],
         r["BLOCK_N"],
-        launch.padded_head_dim(r["head_dim"]),
+        tiles.padded_head_dim(r["head_dim"]),
         r["num_stages"],
         torch.empty(0, dtype=getattr(torch, r["dtype"])).element_size(),
         r["arch"],
     )
-    assert r["shared_bytes"] <= estimate + launch.SHARED_SLACK, "the prune rule's shared-memory estimate is low"
+    assert r["shared_bytes"] <= estimate + tiles.SHARED_SLACK, "the prune rule's shared-memory estimate is low"
     if r["arch"] >= 90 and r["BLOCK_M"] >= 64:  # a warpgroup's wgmma covers 64 rows; smaller tiles use mma.sync
         assert r["wgmma"], "no wgmma on sm_90: the dots fell back to mma.sync"
-    if r["num_stages"] >= 2 and (r["kernel"] == "sparse" or launch.padded_head_dim(r["head_dim"]) == r["head_dim"]):
+    if r["num_stages"] >= 2 and (r["kernel"] == "sparse" or tiles.padded_head_dim(r["head_dim"]) == r["head_dim"]):
         # the dense kernel with masked head-dim columns (D=40) loads synchronously: it runs once per re-plan
         assert r["async_copies"], "no cp.async in the PTX: the K/V loop is not software-pipelined"
 
@@ -120,17 +120,17 @@ def test_every_head_dim_and_mask_block_keeps_a_config(arch, dtype):
     for d in (16, 32, 40, 64, 80, 96, 128, 160, 256):
         for block in (32, 64, 128, 256):
             for kind in ("sparse", "dense"):
-                kept = launch.kept_configs(kind, d, (block, block), dtype, arch, aot.MAX_SHARED[arch])
+                kept = tiles.kept_configs(kind, d, (block, block), dtype, arch, aot.MAX_SHARED[arch])
                 assert kept, f"no {kind} config for D={d}, mask block {block}, sm_{arch}, {dtype}"
                 for c in kept:
                     assert block % c["BLOCK_M"] == 0 and block % c["BLOCK_N"] == 0
 
 
 def test_prune_rule_drops_what_spills_or_overflows():
-    """Figures measured by compiling (see `launch._SAFE`): 128x128 tiles at D=128 spill; D=256 with 64x64 tiles too;
+    """Figures measured by compiling (see `tiles._SAFE`): 128x128 tiles at D=128 spill; D=256 with 64x64 tiles too;
     3 stages of 32x64 tiles at D=256 overflow an sm_86 GPU's 99 KiB (and, by the estimate, an A100's 163 KiB)."""
-    assert not launch.config_fits("sparse", 128, 128, 8, 2, 128, 2, 90, aot.MAX_SHARED[90])
-    assert not launch.config_fits("sparse", 64, 64, 8, 2, 256, 2, 90, aot.MAX_SHARED[90])
-    assert launch.config_fits("sparse", 128, 64, 8, 2, 128, 2, 90, aot.MAX_SHARED[90])
-    assert launch.config_fits("dense", 32, 64, 8, 3, 256, 2, 90, aot.MAX_SHARED[90])
-    assert not launch.config_fits("dense", 32, 64, 8, 3, 256, 2, 86, aot.MAX_SHARED[86])
+    assert not tiles.config_fits("sparse", 128, 128, 8, 2, 128, 2, 90, aot.MAX_SHARED[90])
+    assert not tiles.config_fits("sparse", 64, 64, 8, 2, 256, 2, 90, aot.MAX_SHARED[90])
+    assert tiles.config_fits("sparse", 128, 64, 8, 2, 128, 2, 90, aot.MAX_SHARED[90])
+    assert tiles.config_fits("dense", 32, 64, 8, 3, 256, 2, 90, aot.MAX_SHARED[90])
+    assert not tiles.config_fits("dense", 32, 64, 8, 3, 256, 2, 86, aot.MAX_SHARED[86])

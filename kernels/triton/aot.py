@@ -3,7 +3,7 @@
 `compile_kernel` lowers one kernel specialisation through Triton's full pipeline (TTIR -> TTGIR -> LLIR -> PTX ->
 cubin, `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`), then reads the cubin's resource use
 with `cuobjdump --dump-resource-usage` (both ptxas and cuobjdump ship in the triton wheel). The signature mirrors the
-launcher's (`launch._kernel_args`), so what compiles here is what a GPU runs. Used by `tests/test_triton_aot.py` and
+launcher's (`launch._block_sparse_impl` / `_dense_stats_impl`), so what compiles here is what a GPU runs. Used by `tests/test_triton_aot.py` and
 developers (`python -m sparse_diffusion.kernels.triton.aot < cases.json`); importing this module does no compilation.
 """
 
@@ -113,9 +113,9 @@ def launch_specialisation(
     [B, S, H, D] with `head_dim` D, mask blocks `block_size` and `tile` (BLOCK_M, BLOCK_N)."""
     import torch
 
-    from . import launch
+    from . import tiles
 
-    constexprs = dict(launch.kernel_constants(getattr(torch, dtype), head_dim, block_size, interpret))
+    constexprs = dict(tiles.kernel_constants(getattr(torch, dtype), head_dim, block_size, interpret))
     constexprs.update(ROW_ALIGN=row_align, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"])
     constexprs.update({n: 1 for n in UNIT_STRIDES if n in fn.arg_names})
     aligned = set(BASE_STRIDES)
