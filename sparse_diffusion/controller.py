@@ -454,12 +454,9 @@ class SparseController:
                 dense_key_ranges=key_ranges,
             )
         build_kept = kept_mass(mass, mask)
-        limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[backend]
         head_density = mask.density().mean(0)
         density = float(head_density.mean())
-        dense_reason = None
-        if density > limit:
-            dense_reason = f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
+        dense_reason = self._above_break_even(density, backend)
         plan = LayerPlan(mask, lse, geometry, head_density, backend, seq_lens_k, dense_reason, allowed=allowed)
         if self.config.cache_complement and dense_reason is None:
             plan.complement, plan.complement_mass = self._complement(out, lse, q, k, v, plan, scale)
@@ -515,39 +512,42 @@ class SparseController:
             if p.complement is not None
         )
 
-    def _rebind(self, plan: LayerPlan, q: torch.Tensor, stats: LayerStats) -> None:
+    def _above_break_even(self, density: float, backend: str) -> str | None:
+        """Why a plan of this mean density runs dense on `backend` (None: the sparse path pays off)."""
+        limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[backend]
+        if density > limit:
+            return f"planned density above the sparse break-even {limit:.2f} of backend {backend}; ran dense"
+        return None
+
+    def _rebind(self, plan: LayerPlan, q: torch.Tensor, stats: LayerStats) -> bool:
         """The plan's backend was disabled after a failure: with `backend="auto"` serve it with the next one (the
-        break-even density of the new backend applies); a forced backend keeps failing into the dense fallback."""
+        break-even density of the new backend applies). Returns whether the plan moved; a forced backend does not
+        (it keeps failing into the dense fallback)."""
         failed = backend_health.disabled_reason(plan.backend)
         if failed is None or self.config.backend != "auto":
-            return
+            return False
         old = plan.backend
         plan.backend = ops.choose_sparse_backend(
             q, "auto", need_lse=True, block_size=self.config.block_size, varlen=plan.seq_lens_k is not None
         )
         stats.fallbacks[f"backend {old} disabled after it failed ({failed}); served by {plan.backend}"] += 1
-        limit = self.config.sparse_density_limit or dispatch.BREAK_EVEN_DENSITY[plan.backend]
-        if plan.dense_reason is None and float(plan.head_density.mean()) > limit:
-            plan.dense_reason = (
-                f"planned density above the sparse break-even {limit:.2f} of backend {plan.backend}; ran dense"
-            )
+        if plan.dense_reason is None:
+            plan.dense_reason = self._above_break_even(float(plan.head_density.mean()), plan.backend)
+        return True
 
     def _sparse(self, key, q, k, v, scale, dense_fn, stats) -> tuple[torch.Tensor, bool]:
         plan = self.plans[key]
         self._rebind(plan, q, stats)
-        if plan.dense_reason:
-            stats.fallbacks[plan.dense_reason] += 1
-            return dense_fn(), False
-        try:
-            out, lse = self._kept_attention(q, k, v, plan, scale)
-        except SparseDiffusionError:  # the backend failed now: rebind once and retry, else the caller runs dense
-            if backend_health.disabled_reason(plan.backend) is None or self.config.backend != "auto":
-                raise
-            self._rebind(plan, q, stats)
+        while True:  # ends: each retry follows a backend disabled for good, and `reference` is never disabled
             if plan.dense_reason:
                 stats.fallbacks[plan.dense_reason] += 1
                 return dense_fn(), False
-            out, lse = self._kept_attention(q, k, v, plan, scale)
+            try:
+                out, lse = self._kept_attention(q, k, v, plan, scale)
+                break
+            except SparseDiffusionError:  # the backend failed just now: move the plan and retry, else run dense
+                if not self._rebind(plan, q, stats):
+                    raise
         stats.backends[plan.backend] += 1
         finite = torch.isfinite(out).all()
         if not out.is_cuda and not finite:
@@ -579,9 +579,11 @@ class SparseController:
         pending, self._pending_checks = self._pending_checks, []
         if not pending:
             return
-        nan = torch.tensor(float("nan"))
-        flags = torch.stack(
-            [torch.stack([f.float(), (nan.to(f.device) if m is None else m.float())]) for _, f, m in pending]
+        flags = torch.stack(  # [N, 2]: finite flag, kept-mass estimate (NaN where the backend gave no LSE)
+            [
+                torch.stack([f.float(), f.new_full((), float("nan"), dtype=torch.float32) if m is None else m.float()])
+                for _, f, m in pending
+            ]
         )
         for (key, _, _), (finite, kept) in zip(pending, flags.cpu().tolist()):
             plan = self.plans.get(key)

@@ -177,19 +177,30 @@ def run(
         except SparseDiffusionError:
             raise
         except Exception as exc:
-            if backend_health.is_memory_error(exc):
-                raise SparseDiffusionError(
-                    f"backend {name!r} ran out of memory for this call (q {tuple(call.q.shape)} {call.q.dtype}): "
-                    f"{' '.join(str(exc).split())[:200]}; use smaller inputs or a lower density."
-                ) from exc
-            if name == "reference":
+            if name == "reference" and not backend_health.is_memory_error(exc):
                 raise
-            reason = backend_health.disable(name, exc)
-            if backend != "auto":
-                raise SparseDiffusionError(
-                    f"backend {name!r} failed ({reason}) and is now disabled for this process; use backend='auto' "
-                    "or another backend."
-                ) from exc
+            kernel_failed(name, exc, forced=backend != "auto", what=f"q {tuple(call.q.shape)} {call.q.dtype}")
+
+
+def kernel_failed(name: str, exc: Exception, *, forced: bool, what: str) -> None:
+    """Handle a backend's kernel raising `exc` (not an input error): a failed allocation is the call's size, raised as
+    a SparseDiffusionError and disabling nothing; any other failure disables the backend once (`backend_health`),
+    then returns for `auto` to go on, or raises for a forced backend.
+
+    Raises:
+        SparseDiffusionError: out of memory, or `forced`.
+    """
+    if backend_health.is_memory_error(exc):
+        raise SparseDiffusionError(
+            f"backend {name!r} ran out of memory for this call ({what}): {' '.join(str(exc).split())[:200]}; use "
+            "smaller inputs or a lower density."
+        ) from exc
+    reason = backend_health.disable(name, exc)
+    if forced:
+        raise SparseDiffusionError(
+            f"backend {name!r} failed ({reason}) and is now disabled for this process; use backend='auto' or another "
+            "backend."
+        ) from exc
 
 
 def build_backend(configured: str) -> str:

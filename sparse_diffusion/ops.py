@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from . import backend_health, backends, dispatch, reference
+from . import backends, dispatch, reference
 from .block_mask import BlockSparseMask, normalize_block_size, num_blocks
 from .errors import SparseDiffusionError
 
@@ -312,15 +312,7 @@ def dense_attention_with_stats(
         except SparseDiffusionError:
             raise
         except Exception as exc:  # disabled once; `auto` continues with the chunked PyTorch pass
-            if backend_health.is_memory_error(exc):
-                raise SparseDiffusionError(
-                    f"the Triton build kernel ran out of memory for {_describe(q, k, v)}."
-                ) from exc
-            reason = backend_health.disable("triton", exc)
-            if backend == "triton":
-                raise SparseDiffusionError(
-                    f"backend 'triton' failed ({reason}) and is now disabled for this process; use backend='auto'."
-                ) from exc
+            dispatch.kernel_failed("triton", exc, forced=backend == "triton", what=_describe(q, k, v))
     if backend == "reference":
         out, lse, mass = reference.dense_attention_with_stats_reference(
             q, k, v, bs, scale=s, seq_lens_k=lens, allowed=allowed

@@ -63,16 +63,21 @@ def not_supported_reasons(q: torch.Tensor, block_size: tuple[int, int] | None = 
             reasons.append(f"block size {tuple(block_size)}: Triton tiles must be powers of two in [16, {_MAX_TILE}]")
             break
     if not reasons and q.device.type == "cuda" and block_size and _override() is None:
-        arch, max_shared = _device_limits(
-            q.device.index if q.device.index is not None else torch.cuda.current_device()
-        )
-        for kind in ("sparse", "dense"):
-            if not kept_configs(kind, q.shape[-1], tuple(block_size), q.dtype, arch, max_shared):
-                reasons.append(
-                    f"no spill-free {kind} kernel config for mask blocks {tuple(block_size)} at head dim "
-                    f"{q.shape[-1]} on sm_{arch} ({max_shared} bytes of shared memory); use blocks of 32-256"
-                )
+        index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+        reasons += _no_config_reasons(q.shape[-1], tuple(block_size), q.dtype, index)
     return reasons
+
+
+@functools.lru_cache(maxsize=None)
+def _no_config_reasons(d: int, block_size: tuple[int, int], dtype: torch.dtype, index: int) -> list[str]:
+    """Kernels that keep no autotune config for these shapes on CUDA device `index` (cached: asked every call)."""
+    arch, max_shared = _device_limits(index)
+    return [
+        f"no spill-free {kind} kernel config for mask blocks {block_size} at head dim {d} on sm_{arch} "
+        f"({max_shared} bytes of shared memory); use blocks of 32-256"
+        for kind in ("sparse", "dense")
+        if not kept_configs(kind, d, block_size, dtype, arch, max_shared)
+    ]
 
 
 def _override() -> dict | None:
