@@ -224,7 +224,7 @@ def generate(
 
     Args:
         model: callable `model(ids [B, L] int64)` returning an object with `.logits` [B, L, V] (bidirectional
-            attention), e.g. LLaDA, Dream or `tiny_dlm.TinyMaskedLM`.
+            attention), e.g. LLaDA, Dream or `testing.dlm.TinyMaskedLM`.
         prompt_ids: int64 [B, P] prompts of one length (no mask tokens).
         gen_length: tokens to generate; a multiple of `block_length`.
         steps: forwards in all, a multiple of the number of blocks `gen_length // block_length`; each block gets

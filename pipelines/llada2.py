@@ -1,6 +1,6 @@
 """LLaDA2 in diffusers' `LLaDA2Pipeline` (+ `BlockRefinementScheduler`): block diffusion with a block-causal mask.
 
-The pipeline's `model` (remote code `LLaDA2MoeModelLM`, or `tiny_dlm.TinyBlockDiffusionLM`) is called once per
+The pipeline's `model` (remote code `LLaDA2MoeModelLM`, or `testing.dlm.TinyBlockDiffusionLM`) is called once per
 refinement step on the canvas so far, `x[:, :(block + 1) * block_length]`, so every forward is one step and the
 canvas grows by one block at a time; the call's steps are `pipe.num_timesteps` (steps per block x blocks; threshold
 commits can end a block early, and a block that finishes runs one more forward). Its attention is bidirectional

@@ -1,4 +1,4 @@
-"""Bidirectional masked diffusion LMs (LLaDA, Dream and look-alikes such as `tiny_dlm.TinyMaskedLM`).
+"""Bidirectional masked diffusion LMs (LLaDA, Dream and look-alikes such as `testing.dlm.TinyMaskedLM`).
 
 Every step is one full forward over prompt + canvas with square, unmasked bidirectional attention, so each forward
 counts as one step (`step_source="forward"`); `dlm.generate` opens a call of `steps` forwards. Module names: LLaDA's

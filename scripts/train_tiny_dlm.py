@@ -1,9 +1,9 @@
 """Train the project's tiny masked-diffusion LM on synthetic long-context retrieval (multi-key needle in a haystack).
 
-    python scripts/train_tiny_dlm.py --out pipelines/weights/tiny_dlm_retrieval
+    python scripts/train_tiny_dlm.py --out sparse_diffusion/testing/weights/tiny_dlm_retrieval
 
-Task (`sparse_diffusion.pipelines.dlm_retrieval`): a haystack of random filler tokens holds 16 `key value` needles;
-the prompt ends with `[SEP]` and 4 of the keys, the answer is their 4 values. Model: `tiny_dlm.TinyMaskedLM`
+Task (`sparse_diffusion.testing.retrieval`): a haystack of random filler tokens holds 16 `key value` needles;
+the prompt ends with `[SEP]` and 4 of the keys, the answer is their 4 values. Model: `testing.dlm.TinyMaskedLM`
 (bidirectional SDPA attention, RoPE, SwiGLU, RMSNorm). Objective (MDLM / LLaDA SFT): per example t ~ U(0, 1)
 (stratified over the batch), each answer token is replaced by the mask token with probability t (at least one),
 cross-entropy on the masked answer tokens (mean over them). Curriculum from short to long contexts at a fixed token
@@ -55,7 +55,7 @@ def parse_args():
 
 def mdlm_batch(data, generator):
     """Inputs with answer tokens masked with probability t per example, and the bool map of masked positions."""
-    from sparse_diffusion.pipelines.dlm_retrieval import MASK
+    from sparse_diffusion.testing.retrieval import MASK
 
     b, q = data.answers.shape
     t = (torch.arange(b) + torch.rand(b, generator=generator)) / b  # stratified t ~ U(0, 1)
@@ -78,7 +78,7 @@ def loss_fn(model, ids, where, targets):
 @torch.no_grad()
 def quick_accuracy(model, data):
     """One forward with every answer token masked; argmax accuracy (a cheap proxy logged during training)."""
-    from sparse_diffusion.pipelines.dlm_retrieval import MASK
+    from sparse_diffusion.testing.retrieval import MASK
 
     ids = torch.cat([data.prompts, torch.full_like(data.answers, MASK)], dim=1)
     logits = model.lm_head(model.hidden_states(ids)[:, -data.answers.shape[1] :])
@@ -118,13 +118,13 @@ def write_model_card(out: Path) -> None:
     size = (out / "model.safetensors").stat().st_size / 2**20
     text = f"""# tiny_dlm_retrieval
 
-A {config["num_layers"]}-layer masked diffusion LM (`sparse_diffusion.pipelines.tiny_dlm.TinyMaskedLM`: bidirectional
+A {config["num_layers"]}-layer masked diffusion LM (`sparse_diffusion.testing.dlm.TinyMaskedLM`: bidirectional
 `F.scaled_dot_product_attention`, RoPE theta {config["rope_theta"]:g}, SwiGLU, RMSNorm; hidden {config["hidden"]},
 {config["heads"]} heads of {config["hidden"] // config["heads"]}, token shift {config["token_shift"]}: q/k/v inputs
 mix the {config["token_shift"]} tokens on each side through a learned depthwise convolution), {start["params"]:,}
 parameters, float32 safetensors ({size:.1f} MiB), trained from scratch by `scripts/train_tiny_dlm.py` (seed
 {a["seed"]}, {a["threads"]} CPU thread) on synthetic data only. Load it offline with
-`sparse_diffusion.pipelines.tiny_dlm.load_trained_tiny_dlm()`; mask token id {config["mask_id"]}.
+`sparse_diffusion.testing.dlm.load_trained_tiny_dlm()`; mask token id {config["mask_id"]}.
 
 ## Task
 
@@ -153,7 +153,7 @@ values"):
 ## Accuracy (held-out, dense)
 
 Answers sampled with `pipelines.dlm.generate` (gen_length 4, 4 steps, greedy, low-confidence order), share of answer
-tokens right, on `dlm_retrieval.held_out_set(count, context)` (seeds never used in training):
+tokens right, on `testing.retrieval.held_out_set(count, context)` (seeds never used in training):
 
 | context | accuracy | prompts |
 |---|---|---|
@@ -176,8 +176,8 @@ def main():
         write_model_card(args.out)
         return
     torch.set_num_threads(args.threads)
-    from sparse_diffusion.pipelines import dlm_retrieval as task
-    from sparse_diffusion.pipelines.tiny_dlm import TinyMaskedLM, save_tiny_dlm
+    from sparse_diffusion.testing import retrieval as task
+    from sparse_diffusion.testing.dlm import TinyMaskedLM, save_tiny_dlm
 
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -246,7 +246,7 @@ def main():
     config = dict(
         model.config,
         mask_id=task.MASK,
-        task="multi-key needle retrieval (pipelines/dlm_retrieval.py)",
+        task="multi-key needle retrieval (sparse_diffusion/testing/retrieval.py)",
         num_queries=task.NUM_QUERIES,
         value_len=task.VALUE_LEN,
         num_needles=task.NUM_NEEDLES,

@@ -1,6 +1,6 @@
 """Train the project's tiny Wan text-to-video model (VAE + transformer) on procedural moving-shape clips.
 
-    python scripts/train_tiny_video.py --out pipelines/weights/tiny_wan_shapes
+    python scripts/train_tiny_video.py --out sparse_diffusion/testing/weights/tiny_wan_shapes
 
 Stages (seeded; same arguments and thread count give the same weights):
 1. VAE: ``AutoencoderKLWan`` (8x space, 4x time, ``--z-dim`` latent channels) on 64x64 clips of ``--vae-frames``
@@ -12,9 +12,9 @@ Stages (seeded; same arguments and thread count give the same weights):
 2. Transformer: ``WanTransformer3DModel`` (patch 1x1x1, so 128x128x33 is 9*16*16 = 2304 tokens) trained with
    rectified-flow velocity loss (x_t = (1 - s) x0 + s noise, target noise - x0, s shifted by 3 as in inference),
    10% prompt dropout for CFG, AdamW + EMA; first on 64x64x33 clips (576 tokens), then on 128x128x33.
-The text encoder is the tiny random UMT5 of ``pipelines.tiny`` (frozen; its weights ship with the model).
+The text encoder is the tiny random UMT5 of ``sparse_diffusion.testing`` (frozen; its weights ship with the model).
 Writes the diffusers pipeline (fp16 safetensors), ``train_log.jsonl`` (loss curve), ``preview.png`` and a prompt
-check (``pipelines.shapes.check_prompt`` on 19 prompts, logged). The shipped model's full recipe, a chain of
+check (``testing.shapes.check_prompt`` on 19 prompts, logged). The shipped model's full recipe, a chain of
 continued runs, is in its MODEL_CARD.md.
 """
 
@@ -94,7 +94,8 @@ def parse_args():
 
 def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from sparse_diffusion.pipelines import tiny
+
+    from sparse_diffusion.testing import components as tiny
 
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(
@@ -110,7 +111,7 @@ def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
         attention_head_dim=64,
         in_channels=z_dim,
         out_channels=z_dim,
-        text_dim=tiny._TEXT_DIM,
+        text_dim=tiny.TEXT_DIM,
         freq_dim=256,
         ffn_dim=4 * 64 * heads,
         num_layers=layers,
@@ -118,10 +119,10 @@ def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
     )
-    text_encoder = tiny._t5_encoder(seed, 3, umt5=True)
+    text_encoder = tiny.t5_encoder(seed, 3, umt5=True)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
     return WanPipeline(
-        tokenizer=tiny._t5_tokenizer(),
+        tokenizer=tiny.t5_tokenizer(),
         text_encoder=text_encoder,
         vae=vae,
         scheduler=scheduler,
@@ -131,7 +132,7 @@ def build(seed: int, layers: int, heads: int, vae_base_dim: int, z_dim: int):
 
 def vae_clips(gen, batch, frames):
     """64x64 clips of ``frames`` frames, alternately drawn at 64x64 and cropped from 128x128 around the shape's path."""
-    from sparse_diffusion.pipelines import shapes
+    from sparse_diffusion.testing import shapes
 
     out = []
     for i in range(batch):
@@ -150,7 +151,7 @@ def vae_clips(gen, batch, frames):
 
 
 def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False, frames=33, batch=2):
-    from sparse_diffusion.pipelines import shapes
+    from sparse_diffusion.testing import shapes
 
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()] if decoder_only else list(vae.parameters())
     opt = torch.optim.AdamW(params, lr=peak_lr, weight_decay=0.0)
@@ -187,7 +188,7 @@ def train_vae(vae, steps, gen, log, peak_lr=1e-3, decoder_only=False, frames=33,
 
 @torch.no_grad()
 def encode_clips(vae, gen, n, frames, size):
-    from sparse_diffusion.pipelines import shapes
+    from sparse_diffusion.testing import shapes
 
     lat, prompts = [], []
     for start in range(0, n, 8):
@@ -198,7 +199,7 @@ def encode_clips(vae, gen, n, frames, size):
 
 
 def train_transformer(pipe, stages, args, gen, log):
-    from sparse_diffusion.pipelines import shapes
+    from sparse_diffusion.testing import shapes
 
     tr = pipe.transformer
     prompts = shapes.all_prompts() + [""]
@@ -263,7 +264,7 @@ def train_transformer(pipe, stages, args, gen, log):
 
 @torch.no_grad()
 def latent_stats(vae, gen):
-    from sparse_diffusion.pipelines import shapes
+    from sparse_diffusion.testing import shapes
 
     x, _ = shapes.random_batch(gen, 16, 33, 128, 128)
     z = torch.cat([vae.encode(x[i : i + 4] * 2 - 1).latent_dist.mode() for i in range(0, 16, 4)])
@@ -285,7 +286,8 @@ def preview(pipe, path: Path, seed: int, log):
     CFG 4, seed + prompt index; logged per prompt and in total."""
     import numpy as np
     from PIL import Image
-    from sparse_diffusion.pipelines import shapes
+
+    from sparse_diffusion.testing import shapes
 
     prompts = list(PREVIEW_PROMPTS) + [p for p in shapes.all_prompts()[::5] if p not in PREVIEW_PROMPTS]
     rows, checks = [], []

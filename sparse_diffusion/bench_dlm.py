@@ -1,7 +1,7 @@
 """End-to-end diffusion-LM sampling time, dense vs block-sparse attention (`sparse-diffusion bench dlm`).
 
 For each context length, `dlm.generate` runs the same prompt twice on one model: dense (every step dense) and
-accelerated (dense warm-up, a build step, then block-sparse steps). The model is a `tiny_dlm.TinyMaskedLM` with
+accelerated (dense warm-up, a build step, then block-sparse steps). The model is a `testing.dlm.TinyMaskedLM` with
 realistic head sizes and random weights; random weights give near-uniform attention, so the sparse run uses a fixed
 synthetic density (`policy="topk"`, `topk_ratio=density`, always sparse) instead of learned selection. The table
 gives wall time of each run, the share of it spent inside attention (the controller's timers: SDPA in the dense run;
@@ -184,7 +184,7 @@ def bench_dlm(
     Raises:
         SparseDiffusionError: bad sizes (context not above gen_length, heads not a multiple of kv_heads, ...).
     """
-    from .pipelines.tiny_dlm import build_tiny_masked_lm
+    from .testing.dlm import build_tiny_masked_lm
 
     context_lengths = check_sizes(context_lengths, gen_length, steps)
     heads, head_dim, layers = _whole("heads", heads), _whole("head_dim", head_dim), _whole("layers", layers)
@@ -334,8 +334,8 @@ def accuracy_sweep(
     model=None,
     on_row=None,
 ) -> dict:
-    """Retrieval accuracy of the project-trained tiny DLM (`tiny_dlm.load_trained_tiny_dlm`), dense and accelerated,
-    on `count` held-out prompts (`dlm_retrieval.held_out_set`) per context length: answers sampled with
+    """Retrieval accuracy of the project-trained tiny DLM (`testing.dlm.load_trained_tiny_dlm`), dense and accelerated,
+    on `count` held-out prompts (`testing.retrieval.held_out_set`) per context length: answers sampled with
     `dlm.generate` (4 tokens, 4 steps, one forward per step), dense and with every point of `points` (label ->
     config overrides on `base`, or with `base=None` on the dlm adapter's defaults; `"dense_steps": "sparsed"` means
     SparseD's `int(steps * 0.2) + 2`). Default points: `ACCURACY_POINTS` without `base`; with `base`, only dense and
@@ -348,8 +348,8 @@ def accuracy_sweep(
         ones counting 1), `same_as_dense` the share of answer tokens identical to the dense run's.
         `on_row(row)` is called as each row is done.
     """
-    from .pipelines import dlm_retrieval as task
-    from .pipelines.tiny_dlm import load_trained_tiny_dlm
+    from .testing import retrieval as task
+    from .testing.dlm import load_trained_tiny_dlm
 
     context_lengths = _lengths(context_lengths)
     count, batch_size = _whole("count", count), _whole("batch_size", batch_size)

@@ -182,7 +182,7 @@ def _print_paired(report: dict, out: Path) -> None:
         f"sparse {report['attention_time_s']['sparse']:.2f} s ({report['timing_note']})"
     )
     if "judged" in report:
-        from .pipelines.shapes import MAX_SPREAD, MAX_STEP
+        from .testing.shapes import MAX_SPREAD, MAX_STEP
 
         for name, j in report["judged"].items():
             print(
@@ -242,7 +242,7 @@ def cmd_demo(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _prepare_cpu_kernel()
     if args.weights == "trained":
-        from .pipelines.tiny import load_trained_tiny_wan_pipeline
+        from .testing import load_trained_tiny_wan_pipeline
 
         pipe = load_trained_tiny_wan_pipeline()
         size, guidance = 128, 5.0
@@ -250,10 +250,10 @@ def cmd_demo(args) -> int:
             "demo": "project-trained tiny Wan 2.1-style text-to-video model (WanPipeline, 4 layers, 4 heads, head_dim "
             "64, trained VAE) loaded offline from the package",
             "weights_note": "trained on procedural clips of one coloured shape moving in a straight line; see "
-            "pipelines/weights/tiny_wan_shapes/MODEL_CARD.md",
+            "sparse_diffusion/testing/weights/tiny_wan_shapes/MODEL_CARD.md",
         }
     else:
-        from .pipelines.tiny import build_tiny_wan_pipeline
+        from .testing import build_tiny_wan_pipeline
 
         locality = DEMO_LOCALITY if args.locality is None else args.locality
         pipe = build_tiny_wan_pipeline(num_heads=4, seed=args.seed, locality=locality or None)
@@ -287,7 +287,7 @@ def cmd_demo(args) -> int:
 def _prompt_judge(prompt: str):
     """For the trained model's prompts ("a <colour> <shape> moving <direction>"): a function scoring a video with
     `shapes.check_prompt` (colour match and motion along the prompted direction); None for other prompts."""
-    from .pipelines import shapes
+    from .testing import shapes
 
     try:
         colour, direction = shapes.parse_prompt(prompt)
@@ -398,10 +398,9 @@ def cmd_bench_attention(args) -> int:
 def cmd_bench_quality(args) -> int:
     import torch
 
-    from .pipelines import shapes
-    from .pipelines.tiny import load_trained_tiny_wan_pipeline
     from .quality_curve import DEFAULT_POINTS, QUICK_POINTS, plot_curve, run_quality_curve
     from .runs import call_kwargs
+    from .testing import load_trained_tiny_wan_pipeline, shapes
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     base = _load_config(args.config)

@@ -85,7 +85,7 @@ def test_forced_triton_failure_raises_a_clear_error(broken_triton):
 
 
 def test_pipeline_finishes_on_the_next_backend_and_reports_the_failure(broken_triton):
-    from sparse_diffusion.pipelines.tiny import build_tiny_wan_pipeline
+    from sparse_diffusion.testing import build_tiny_wan_pipeline
 
     pipe = build_tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)

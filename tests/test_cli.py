@@ -47,7 +47,7 @@ def test_demo_writes_videos_report_and_masks(tmp_path, capsys):
 
 
 def test_generate_from_a_saved_checkpoint(tmp_path):
-    from sparse_diffusion.pipelines.tiny import build_tiny_wan_pipeline
+    from sparse_diffusion.testing import build_tiny_wan_pipeline
 
     folder = tmp_path / "tiny-wan"
     build_tiny_wan_pipeline().save_pretrained(folder)
@@ -78,7 +78,7 @@ def test_generate_from_a_saved_checkpoint(tmp_path):
 
 
 def test_generate_both_on_an_image_pipeline_writes_pngs(tmp_path):
-    from sparse_diffusion.pipelines.tiny import build_tiny_flux_pipeline
+    from sparse_diffusion.testing import build_tiny_flux_pipeline
 
     folder = tmp_path / "tiny-flux"
     build_tiny_flux_pipeline().save_pretrained(folder)
@@ -394,9 +394,9 @@ def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
 def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
     """The trained demo scores both clips with `shapes.check_prompt`; the summary prints the verdicts."""
     import torch
-    from sparse_diffusion.pipelines import shapes
 
     from sparse_diffusion.cli import _print_paired, _prompt_judge
+    from sparse_diffusion.testing import shapes
 
     assert _prompt_judge("a dog on a beach") is None
     spec = shapes.random_spec(torch.Generator().manual_seed(0))

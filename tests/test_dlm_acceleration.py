@@ -7,10 +7,10 @@ import pytest
 import torch
 from pipeline_helpers import spy_attention
 from sparse_diffusion.pipelines import dlm
-from sparse_diffusion.pipelines.tiny_dlm import build_tiny_masked_lm
 
 from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model
 from sparse_diffusion.controller import SparseController
+from sparse_diffusion.testing.dlm import build_tiny_masked_lm
 
 
 MASK = 63

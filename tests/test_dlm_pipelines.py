@@ -3,7 +3,6 @@ and DiffusionGemma's decoder prefix attention (canvas queries over [encoder KV c
 
 import pytest
 import torch
-from sparse_diffusion.pipelines.tiny_dlm import build_tiny_masked_lm
 
 from sparse_diffusion import (
     SparseAttentionConfig,
@@ -16,6 +15,7 @@ from sparse_diffusion import (
 from sparse_diffusion.controller import SparseController
 from sparse_diffusion.interception import SDPAInterceptor, block_pattern
 from sparse_diffusion.planning import plan_block_mask
+from sparse_diffusion.testing.dlm import build_tiny_masked_lm
 
 
 MASK = 63

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from sparse_diffusion.pipelines import dlm
-from sparse_diffusion.pipelines.tiny_dlm import build_tiny_masked_lm
 
 from sparse_diffusion import SparseDiffusionError
+from sparse_diffusion.testing.dlm import build_tiny_masked_lm
 
 
 MASK = 63

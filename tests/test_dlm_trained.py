@@ -1,4 +1,4 @@
-"""The project-trained tiny diffusion LM (needle retrieval, `pipelines/weights/tiny_dlm_retrieval`): it loads offline,
+"""The project-trained tiny diffusion LM (needle retrieval, `sparse_diffusion/testing/weights/tiny_dlm_retrieval`): it loads offline,
 retrieves at 1k context with the sampler, and the default accelerated config keeps its accuracy at low density;
 `bench dlm` prints its table. Thresholds come from the README's accuracy table (64 prompts per length)."""
 
@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from sparse_diffusion.pipelines import dlm_retrieval as task
-from sparse_diffusion.pipelines.tiny_dlm import load_trained_tiny_dlm
 
 from sparse_diffusion import accelerate_model
 from sparse_diffusion.cli import main
+from sparse_diffusion.testing import retrieval as task
+from sparse_diffusion.testing.dlm import load_trained_tiny_dlm
 
 
 COUNT, CONTEXT = 16, 1000  # 16 held-out prompts of 1,000 tokens (not a multiple of the 128-token tiles), 4 answers

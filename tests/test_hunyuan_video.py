@@ -13,10 +13,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from pipeline_helpers import run_pipeline, spy_attention  # noqa: E402
 from sparse_diffusion.pipelines.registry import ADAPTERS, get_adapter  # noqa: E402
-from sparse_diffusion.pipelines.tiny import TINY_BUILDERS, build_tiny_hunyuan_video_pipeline  # noqa: E402
 
 from sparse_diffusion import accelerate_pipeline  # noqa: E402
 from sparse_diffusion.errors import SparseDiffusionError  # noqa: E402
+from sparse_diffusion.testing import TINY_BUILDERS, build_tiny_hunyuan_video_pipeline  # noqa: E402
 
 
 STEPS = 3

@@ -9,10 +9,10 @@ import pytest
 import torch
 from pipeline_helpers import run_pipeline, spy_attention
 from sparse_diffusion.pipelines.registry import ADAPTERS, get_adapter
-from sparse_diffusion.pipelines.tiny import TINY_BUILDERS, build_tiny_mochi_pipeline
 
 from sparse_diffusion import accelerate_model, accelerate_pipeline
 from sparse_diffusion.errors import SparseDiffusionError
+from sparse_diffusion.testing import TINY_BUILDERS, build_tiny_mochi_pipeline
 
 
 STEPS = 3

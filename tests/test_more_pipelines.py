@@ -8,14 +8,14 @@ import pytest
 import torch
 from pipeline_helpers import run_pipeline, spy_attention
 from sparse_diffusion.pipelines.registry import ADAPTERS, get_adapter
-from sparse_diffusion.pipelines.tiny import (
+
+from sparse_diffusion import accelerate_pipeline
+from sparse_diffusion.errors import SparseDiffusionError
+from sparse_diffusion.testing import (
     TINY_BUILDERS,
     build_tiny_qwenimage_pipeline,
     build_tiny_sd3_pipeline,
 )
-
-from sparse_diffusion import accelerate_pipeline
-from sparse_diffusion.errors import SparseDiffusionError
 
 
 STEPS = 3

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 from pipeline_helpers import run_pipeline, spy_attention
-from sparse_diffusion.pipelines.tiny import (
-    build_tiny_cogvideox_pipeline,
-    build_tiny_flux_pipeline,
-    build_tiny_wan_pipeline,
-)
 
 from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model, accelerate_pipeline
 from sparse_diffusion.api import count_denoising_steps
 from sparse_diffusion.hooks import ATTENTION_HOOK, DENOISER_HOOK
+from sparse_diffusion.testing import (
+    build_tiny_cogvideox_pipeline,
+    build_tiny_flux_pipeline,
+    build_tiny_wan_pipeline,
+)
 
 
 STEPS = 4
@@ -438,7 +438,8 @@ def test_context_parallel_models_are_refused(pipes):
 
 def test_wan_image_to_video():
     from PIL import Image
-    from sparse_diffusion.pipelines.tiny import build_tiny_wan_i2v_pipeline
+
+    from sparse_diffusion.testing import build_tiny_wan_i2v_pipeline
 
     pytest.importorskip("ftfy")
     pipe = build_tiny_wan_i2v_pipeline()

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from sparse_diffusion.pipelines import shapes
+
+from sparse_diffusion.testing import shapes
 
 
 def _clip(seed: int):

@@ -1,4 +1,4 @@
-"""Tiny offline random-weight pipelines (sparse_diffusion.pipelines.tiny)."""
+"""Tiny offline random-weight pipelines (sparse_diffusion.testing)."""
 
 import os
 
@@ -8,14 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from sparse_diffusion.pipelines.tiny import (  # noqa: E402
+
+from sparse_diffusion.errors import SparseDiffusionError  # noqa: E402
+from sparse_diffusion.testing import (  # noqa: E402
     TINY_BUILDERS,
     build_tiny_cogvideox_pipeline,
     build_tiny_flux_pipeline,
     build_tiny_wan_pipeline,
 )
-
-from sparse_diffusion.errors import SparseDiffusionError  # noqa: E402
 
 
 PROMPT = "a red circle moving left on a blue background"

@@ -5,11 +5,11 @@ quality curve, see README "Quality on a trained model")."""
 import numpy as np
 import pytest
 import torch
-from sparse_diffusion.pipelines.tiny import TRAINED_WAN_WEIGHTS, load_trained_tiny_wan_pipeline
 
 from sparse_diffusion import accelerate_pipeline
 from sparse_diffusion.cli import DEMO_CONFIG
 from sparse_diffusion.metrics import compare_videos
+from sparse_diffusion.testing import TRAINED_WAN_WEIGHTS, load_trained_tiny_wan_pipeline
 
 
 STEPS = 10
@@ -44,7 +44,8 @@ def _run(pipe, prompt: str, seed: int = 0):
 def test_trained_transformer_denoises_held_out_clips_far_better_than_its_random_init(pipe):
     """Flow-matching velocity error on fresh procedural clips (never seen in training) at fixed noise levels."""
     from diffusers import WanTransformer3DModel
-    from sparse_diffusion.pipelines import shapes
+
+    from sparse_diffusion.testing import shapes
 
     gen = torch.Generator().manual_seed(1234)
     clips, prompts = shapes.random_batch(gen, 4, 33, 64, 64)
@@ -69,7 +70,7 @@ def test_trained_transformer_denoises_held_out_clips_far_better_than_its_random_
 
 
 def test_demo_config_keeps_quality_at_half_density_or_less(pipe):
-    from sparse_diffusion.pipelines import shapes
+    from sparse_diffusion.testing import shapes
 
     assert pipe._sparse_diffusion_weights == TRAINED_WAN_WEIGHTS
     prompt = "a red circle moving left"

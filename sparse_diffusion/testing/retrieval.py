@@ -93,7 +93,7 @@ def retrieval_accuracy(
     """Answer every prompt with `dlm.generate` (gen_length = answer length, `steps` = gen_length by default: one
     token per step, greedy, low-confidence order) and return the share of answer tokens that are right (and the
     answers if asked)."""
-    from .dlm import generate
+    from ..pipelines.dlm import generate
 
     gen_length = data.answers.shape[1]
     outputs = []

@@ -264,12 +264,12 @@ def save_tiny_dlm(model: TinyMaskedLM, folder: str | Path, extra_config: dict | 
 
 
 def load_trained_tiny_dlm(folder: str | Path | None = None, *, dtype: torch.dtype = torch.float32) -> TinyMaskedLM:
-    """The project-trained `TinyMaskedLM` (multi-key needle retrieval, `pipelines.dlm_retrieval`), loaded offline
+    """The project-trained `TinyMaskedLM` (multi-key needle retrieval, `testing.retrieval`), loaded offline
     in eval mode. `model.config` holds the architecture plus `mask_id` and the task description; see the folder's
     MODEL_CARD.md for the recipe and accuracies.
 
     Raises:
-        SparseDiffusionError: the weight folder is missing (a source checkout without `pipelines/weights`).
+        SparseDiffusionError: the weight folder is missing (a source checkout without `sparse_diffusion/testing/weights`).
     """
     from safetensors.torch import load_file
 
@@ -277,7 +277,7 @@ def load_trained_tiny_dlm(folder: str | Path | None = None, *, dtype: torch.dtyp
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise SparseDiffusionError(
             f"the trained tiny DLM is missing at {folder}; reinstall the package or retrain it with "
-            "`python scripts/train_tiny_dlm.py --out pipelines/weights/tiny_dlm_retrieval`."
+            "`python scripts/train_tiny_dlm.py --out sparse_diffusion/testing/weights/tiny_dlm_retrieval`."
         )
     config = json.loads((folder / "config.json").read_text())
     model = TinyMaskedLM(*(config[k] for k in _ARCH_KEYS))
