@@ -327,11 +327,10 @@ def _dream_step(logits, masked, i, per_block, times, algorithm, temperature, alg
 
 
 def _open_call(model, steps: int, prompt_len: int) -> None:
-    """Tell an accelerated model that a call of `steps` forwards starts (no-op for a plain model). The handle is
-    read from the model itself, so sampling a plain model never imports the hook machinery (diffusers)."""
-    handle = getattr(model, "_sparse_diffusion_handle", None)
-    if handle is not None and not handle.removed:
-        handle.begin_call(total_steps=steps, prompt_length=prompt_len)
+    """Tell an accelerated model that a call of `steps` forwards starts (`api.begin_call`; no-op for a plain model)."""
+    from ..api import begin_call
+
+    begin_call(model, total_steps=steps, prompt_length=prompt_len)
 
 
 __all__ = ["DREAM_ALGORITHMS", "LLADA_REMASKING", "commit_schedule", "generate"]

@@ -115,7 +115,7 @@ class SparseHandle:
         """Clear the accumulated statistics (plans are kept)."""
         self.controller.stats.clear()
         self.controller.passthrough.clear()
-        self.controller.runs.clear()
+        self.controller.schedule.runs.clear()
 
     def remove(self) -> None:
         """Remove every hook: the denoiser is back to its untouched, bit-identical dense behaviour."""

@@ -7,8 +7,7 @@ synthetic density (`policy="topk"`, `topk_ratio=density`, always sparse) instead
 gives wall time of each run, the share of it spent inside attention (the controller's timers: SDPA in the dense run;
 dense warm-up, build and sparse kernel in the accelerated run) and the speed-ups.
 
-With diffusers installed the model is accelerated by `accelerate_model`; without it (a bare torch + triton GPU
-machine) the same controller and SDPA interceptor are attached with plain torch hooks (`"hooks": "torch"`).
+The model is accelerated by `accelerate_model`, the same hooks as every other model.
 """
 
 from __future__ import annotations
@@ -21,75 +20,11 @@ from .config import SparseAttentionConfig
 from .errors import SparseDiffusionError
 
 
-class _TorchHookHandle:
-    """`accelerate_model` for a `TinyMaskedLM` without diffusers: forward hooks drive the controller."""
-
-    def __init__(self, model: torch.nn.Module, config: SparseAttentionConfig) -> None:
-        from .controller import SparseController
-        from .interception import SDPAInterceptor
-        from .pipelines.masked_lm import MASKED_LM
-
-        self.adapter = MASKED_LM
-        layers = MASKED_LM.self_attention_layers(model)
-        self.controller = controller = SparseController(
-            config,
-            [name for name, _ in layers],
-            lambda: None,
-            restart_on_timestep_increase=True,
-            step_per_forward=True,
-        )
-        self.model, self.removed, modes = model, False, {}
-
-        def enter(module, args):
-            if controller.in_forward:
-                modes[module] = SDPAInterceptor(controller, names[module])
-                modes[module].__enter__()
-
-        def leave(module, args, output):
-            mode = modes.pop(module, None)
-            if mode is not None:
-                mode.__exit__(None, None, None)
-
-        names = {module: name for name, module in layers}
-        self._hooks = [
-            model.register_forward_pre_hook(lambda m, a: controller.begin_forward(None, None)),
-            model.register_forward_hook(lambda m, a, o: controller.end_forward(), always_call=True),
-        ]
-        for _, module in layers:
-            self._hooks += [
-                module.register_forward_pre_hook(enter),
-                module.register_forward_hook(leave, always_call=True),
-            ]
-        model._sparse_diffusion_handle = self
-
-    def begin_call(self, total_steps: int | None = None, prompt_length: int | None = None) -> None:
-        self.controller.begin_call(total_steps, prompt_length)
-
-    def report(self) -> dict:
-        from .report import build_report
-
-        return build_report(self.controller, self.adapter, model_class=type(self.model).__name__)
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        if getattr(self.model, "_sparse_diffusion_handle", None) is self:
-            del self.model._sparse_diffusion_handle
-        self.removed = True
-
-
 def attach(model: torch.nn.Module, config: SparseAttentionConfig | None = None, **overrides):
-    """(`handle`, `"diffusers"` or `"torch"`): `accelerate_model(model, config, **overrides)` (no config: the dlm
-    adapter's defaults), or the same on torch hooks without diffusers."""
-    try:
-        from .api import accelerate_model
-    except ImportError:
-        from .pipelines.masked_lm import MASKED_LM
+    """`accelerate_model(model, config, **overrides)` (no config: the dlm adapter's defaults)."""
+    from .api import accelerate_model
 
-        if config is None:
-            config = SparseAttentionConfig(**dict(MASKED_LM.config_defaults))
-        return _TorchHookHandle(model, config.replace(**overrides) if overrides else config), "torch"
-    return accelerate_model(model, config, **overrides), "diffusers"
+    return accelerate_model(model, config, **overrides)
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +35,7 @@ def _sync(device: torch.device) -> None:
 def _timed_generate(model, prompt, config, *, gen_length, steps, block_length, mask_id):
     from .pipelines.dlm import generate
 
-    handle, hooks = attach(model, config)
+    handle = attach(model, config)
     try:
         _sync(prompt.device)
         start = time.perf_counter()
@@ -110,7 +45,7 @@ def _timed_generate(model, prompt, config, *, gen_length, steps, block_length, m
         report = handle.report()
     finally:
         handle.remove()
-    return ids, wall, report, hooks
+    return ids, wall, report
 
 
 def _whole(name: str, value, minimum: int = 1) -> int:
@@ -218,15 +153,15 @@ def bench_dlm(
         backend=backend,
     )
     call = dict(gen_length=gen_length, steps=steps, block_length=block_length, mask_id=mask_id)
-    rows, hooks = [], None
+    rows = []
     for n in context_lengths:
         gen = torch.Generator().manual_seed(seed + n)
         prompt = torch.randint(0, mask_id, (1, n - gen_length), generator=gen).to(dev)
         if warmup:
             for config in (dense_config, sparse_config):
                 _timed_generate(model, prompt, config, **dict(call, steps=2, gen_length=gen_length, block_length=None))
-        _, dense_s, dense_report, hooks = _timed_generate(model, prompt, dense_config, **call)
-        _, sparse_s, sparse_report, hooks = _timed_generate(model, prompt, sparse_config, **call)
+        _, dense_s, dense_report = _timed_generate(model, prompt, dense_config, **call)
+        _, sparse_s, sparse_report = _timed_generate(model, prompt, sparse_config, **call)
         dense_att = sum(dense_report["attention_time_s"].values())
         sparse_att = sum(sparse_report["attention_time_s"].values())
         # no sparse attention call (warm-up covers every step, or too few key blocks): both runs were dense
@@ -263,7 +198,6 @@ def bench_dlm(
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "warmup": warmup,
-        "hooks": hooks,
         "torch": torch.__version__,
         "note": "one timed run per mode and length; attention time = wall time inside intercepted attention calls",
     }
@@ -378,13 +312,13 @@ def accuracy_sweep(
                 overrides = dict(overrides)
                 if overrides.get("dense_steps") == "sparsed":
                     overrides["dense_steps"] = int(steps * 0.2) + 2
-                handle, _ = attach(model, base, **overrides)
+                handle = attach(model, base, **overrides)
                 try:
                     acc, tokens = task.retrieval_accuracy(model, data, batch_size=batch_size, return_tokens=True)
                     report = handle.report()
                 finally:
                     handle.remove()
-                config = handle.config if hasattr(handle, "config") else handle.controller.config
+                config = handle.config
                 row.update(
                     accuracy=acc,
                     density=report["density"],

@@ -2,10 +2,12 @@
 
 One small class per backend: `NAME`, `BREAK_EVEN` (mask density above which it is slower than dense SDPA,
 measured with `sparse-diffusion bench attention`: CPU with 2 threads at N = 2k-8k; GPU: the Triton kernel's target
-of 85% of ideal), `BUILD` (the backend name `ops.dense_attention_with_stats` takes for the build step's stats pass
-when this backend is configured), `not_supported_reasons(call)` and `forward(...)`. `choose` walks the device's
-`auto` order and formats every reason; a backend disabled after a failure (`backend_health`) says so. The design
-follows xformers' `fmha` dispatch (one operator class per kernel, a reasons method, one dispatcher).
+of 85% of ideal), `BUILD` (the backend whose stats pass serves the build step when this one is configured),
+`not_supported_reasons(call)`, `forward(...)` (block-sparse attention) and `build(...)` (dense attention with LSE and
+tile mass; the chunked PyTorch pass unless the backend has a fused one). `choose` / `run` walk the device's `auto`
+order for sparse calls and `run_build` its build order, formatting every reason; a backend disabled after a failure
+(`backend_health`) says so. The design follows xformers' `fmha` dispatch (one operator class per kernel, a reasons
+method, one dispatcher).
 """
 
 from __future__ import annotations
@@ -42,8 +44,21 @@ class Backend:
     def not_supported_reasons(self, call: SparseCall) -> list[str]:
         return []
 
+    def build_reasons(self, call: SparseCall, allowed: bool) -> list[str]:
+        """Why `build` cannot serve (the chunked PyTorch pass serves every call)."""
+        return []
+
+    @property
+    def fused_build(self) -> bool:
+        """The backend has a stats pass of its own (else `build` is the chunked PyTorch pass)."""
+        return type(self).build is not Backend.build
+
     def forward(self, q, k, v, mask, scale: float, seq_lens_k, need_lse: bool):
         raise NotImplementedError
+
+    def build(self, q, k, v, block_size: tuple[int, int], scale: float, seq_lens_k, allowed):
+        """(out, LSE float32 [B, H, Sq], tile mass float32 [B, H, QB, KB]): the chunked PyTorch pass."""
+        return backends.chunked_dense_with_stats(q, k, v, block_size, scale, seq_lens_k, allowed)
 
 
 class Triton(Backend):
@@ -58,10 +73,19 @@ class Triton(Backend):
             return [f"Triton kernels unavailable ({exc})"]
         return launch.not_supported_reasons(call.q, call.block_size)
 
+    def build_reasons(self, call, allowed):
+        why = self.not_supported_reasons(call)
+        return why + ["no tile-table (allowed) input; use backend='auto'"] if allowed else why
+
     def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
         from .kernels.triton import launch
 
         return launch.block_sparse_attention(q, k, v, mask, scale, seq_lens_k)
+
+    def build(self, q, k, v, block_size, scale, seq_lens_k, allowed):
+        from .kernels.triton import launch
+
+        return launch.dense_attention_with_stats(q, k, v, block_size, scale, seq_lens_k)
 
 
 class Cpu(Backend):
@@ -108,11 +132,18 @@ class Reference(Backend):
         )
         return out.to(q.dtype), lse
 
+    def build(self, q, k, v, block_size, scale, seq_lens_k, allowed):
+        out, lse, mass = reference.dense_attention_with_stats_reference(
+            q, k, v, block_size, scale=scale, seq_lens_k=seq_lens_k, allowed=allowed
+        )
+        return out.to(q.dtype), lse, mass
+
 
 REGISTRY: dict[str, Backend] = {b.NAME: b for b in (Triton(), Cpu(), Flex(), Gather(), Reference())}
 NAMES = ("auto", *REGISTRY)
 BREAK_EVEN_DENSITY = {name: b.BREAK_EVEN for name, b in REGISTRY.items()}
 _AUTO_ORDER = {"cuda": ("triton", "flex", "gather", "reference"), "cpu": ("cpu", "gather", "flex", "reference")}
+_AUTO_BUILD_ORDER = {"cuda": ("triton",)}  # fused stats passes tried first; the chunked PyTorch pass serves the rest
 
 
 def auto_order(q: torch.Tensor) -> tuple[str, ...]:
@@ -180,6 +211,42 @@ def run(
             if name == "reference" and not backend_health.is_memory_error(exc):
                 raise
             kernel_failed(name, exc, forced=backend != "auto", what=f"q {tuple(call.q.shape)} {call.q.dtype}")
+
+
+def run_build(
+    call: SparseCall, backend: str, k, v, scale: float, seq_lens_k, allowed
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The build step's stats pass (`ops.dense_attention_with_stats`) by `backend`: a forced name uses its own
+    `build` (raising when it cannot serve), `auto` the first of the device's fused passes that can, then the chunked
+    PyTorch pass. A fused kernel that fails is disabled once (`kernel_failed`) and `auto` goes on.
+
+    Raises:
+        SparseDiffusionError: unknown name, a forced backend that cannot serve or whose kernel failed.
+    """
+    check_name(backend)
+    block_size = call.block_size
+    if block_size is None:
+        raise SparseDiffusionError("the build pass needs the mask's block size (SparseCall.block_size).")
+    names = _AUTO_BUILD_ORDER.get(call.q.device.type, ()) if backend == "auto" else (backend,)
+    for name in names:
+        impl = REGISTRY[name]
+        why = impl.build_reasons(call, allowed is not None)
+        failed = backend_health.disabled_reason(name) if impl.fused_build else None
+        if failed:
+            why = [f"disabled after it failed on this machine: {failed}"]
+        if why:
+            if backend == "auto":
+                continue
+            raise SparseDiffusionError(f"backend {name!r} cannot serve this call: {'; '.join(why)}.")
+        try:
+            return impl.build(call.q, k, v, block_size, scale, seq_lens_k, allowed)
+        except SparseDiffusionError:
+            raise
+        except Exception as exc:
+            if name == "reference" and not backend_health.is_memory_error(exc):
+                raise
+            kernel_failed(name, exc, forced=backend != "auto", what=f"q {tuple(call.q.shape)} {call.q.dtype}")
+    return Backend().build(call.q, k, v, block_size, scale, seq_lens_k, allowed)
 
 
 def kernel_failed(name: str, exc: Exception, *, forced: bool, what: str) -> None:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .attention_call import AttentionCall
 from .block_mask import block_lengths, num_blocks
 
 
@@ -214,17 +215,19 @@ class SDPAInterceptor(TorchFunctionMode):
             return func(*args, **kwargs)
         self.served += 1
         out = self.controller.attention(
-            self.layer,
-            call["query"],
-            call["key"],
-            call["value"],
-            call["scale"],
-            lambda: _rotate(func(*args, **kwargs), shift),
-            call_index=self.served - 1,
-            seq_lens_k=seq_lens_k,
-            rotation=shift,
-            allowed=allowed,
-            query_offset=call["key"].shape[2] - q.shape[2] if prefix else 0,
+            AttentionCall(
+                self.layer,
+                call["query"],
+                call["key"],
+                call["value"],
+                call["scale"],
+                lambda: _rotate(func(*args, **kwargs), shift),
+                call_index=self.served - 1,
+                seq_lens_k=seq_lens_k,
+                rotation=shift,
+                allowed=allowed,
+                query_offset=call["key"].shape[2] - q.shape[2] if prefix else 0,
+            )
         )
         return _rotate(out, -shift)
 

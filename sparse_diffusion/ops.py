@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from . import backends, dispatch, reference
+from . import dispatch
 from .block_mask import BlockSparseMask, normalize_block_size, num_blocks
 from .errors import SparseDiffusionError
 
@@ -267,8 +267,9 @@ def dense_attention_with_stats(
 
     Args:
         q: [B, H, Sq, D]; k, v: [B, HK, Sk, D]; block_size: `(BLOCK_Q, BLOCK_K)` tokens (or one int).
-        backend: `"triton"` uses the fused kernel; every other name uses the chunked PyTorch pass (`"reference"`: the
-            float64 oracle).
+        backend: `"auto"`: the device's fused stats pass where it can serve (Triton on CUDA), else the chunked
+            PyTorch pass; `"triton"` forces the fused kernel; `"reference"` the float64 oracle; any other name the
+            chunked PyTorch pass (`dispatch.run_build`).
         seq_lens_k: int32 [B] (or a list of B ints) in [1, Sk]: keys at or past `seq_lens_k[b]` are excluded (their
             tiles get mass 0). None: all keys valid.
         allowed: bool tile table [B or 1, H or 1, QB, KB]: each query attends only the keys of its allowed tiles
@@ -293,29 +294,4 @@ def dense_attention_with_stats(
     s = _scale(q, scale)
     if allowed is not None:
         _check_allowed(allowed, q, k, bs, lens)
-        if backend == "triton":
-            raise SparseDiffusionError("backend 'triton' has no tile-table (allowed) input; use backend='auto'.")
-    triton_call = dispatch.SparseCall(q, True, bs, False)
-    if backend == "triton" or (
-        backend == "auto"
-        and allowed is None
-        and q.device.type == "cuda"
-        and not dispatch.reasons("triton", triton_call)
-    ):
-        reasons = dispatch.reasons("triton", triton_call)
-        if reasons:
-            raise SparseDiffusionError(f"backend 'triton' cannot serve this call: {'; '.join(reasons)}.")
-        from .kernels.triton import launch
-
-        try:
-            return launch.dense_attention_with_stats(q, k, v, bs, s, lens)
-        except SparseDiffusionError:
-            raise
-        except Exception as exc:  # disabled once; `auto` continues with the chunked PyTorch pass
-            dispatch.kernel_failed("triton", exc, forced=backend == "triton", what=_describe(q, k, v))
-    if backend == "reference":
-        out, lse, mass = reference.dense_attention_with_stats_reference(
-            q, k, v, bs, scale=s, seq_lens_k=lens, allowed=allowed
-        )
-        return out.to(q.dtype), lse, mass
-    return backends.chunked_dense_with_stats(q, k, v, bs, s, lens, allowed)
+    return dispatch.run_build(dispatch.SparseCall(q, True, bs, False), backend, k, v, s, lens, allowed)

@@ -120,8 +120,7 @@ def build_report(controller: SparseController, adapter, *, model_class: str, wei
         "fallbacks": fallbacks,
         "disabled_backends": backend_health.disabled(),
         "passthrough": [
-            {"layer": key.split(": ", 1)[0], "reason": key.split(": ", 1)[1], "count": c}
-            for key, c in controller.passthrough.items()
+            {"layer": layer, "reason": reason, "count": c} for (layer, reason), c in controller.passthrough.items()
         ],
         "layers": layers,
     }

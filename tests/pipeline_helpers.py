@@ -17,9 +17,11 @@ def spy_attention(handle) -> list:
     controller = handle.controller
     original = controller.attention
 
-    def attention(layer, q, k, v, scale, dense_fn, **kwargs):
-        calls.append((controller.step, controller.context, layer, tuple(q.shape), controller.text_len, v))
-        return original(layer, q, k, v, scale, dense_fn, **kwargs)
+    def attention(call):
+        calls.append(
+            (controller.step, controller.context, call.layer, tuple(call.q.shape), controller.text_len, call.v)
+        )
+        return original(call)
 
     controller.attention = attention
     return calls

@@ -9,6 +9,7 @@ from pipeline_helpers import spy_attention
 from sparse_diffusion.pipelines import dlm
 
 from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model
+from sparse_diffusion.attention_call import AttentionCall
 from sparse_diffusion.controller import SparseController
 from sparse_diffusion.testing.dlm import build_tiny_masked_lm
 
@@ -164,7 +165,7 @@ def test_sparsed_selection_matches_a_float64_reimplementation(heads, kv_heads, s
     controller = SparseController(config, ["attn"], lambda: None, step_per_forward=True)
     controller.begin_call(total_steps=3, prompt_length=prompt_len)
     controller.begin_forward(None, None)
-    out = controller.attention("attn", q, k, v, None, lambda: None)  # step 0 = the build step
+    out = controller.attention(AttentionCall("attn", q, k, v, None, lambda: None))  # step 0 = the build step
     expected = sparsed_reference(q, k, 1 / math.sqrt(32), 16, prompt_len, ratio)
     assert torch.equal(controller.last_masks["attn"].to_dense(), expected)
     dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=heads != kv_heads)
@@ -186,9 +187,9 @@ def test_sparsed_selection_end_to_end_uses_the_prompt_length(models):
     ) as handle:
         original = handle.controller._build
 
-        def build(layer, key, geometry, q, k, v, *args, **kwargs):
-            seen[layer] = (q, k)
-            return original(layer, key, geometry, q, k, v, *args, **kwargs)
+        def build(call, *args, **kwargs):
+            seen[call.layer] = (call.q, call.k)
+            return original(call, *args, **kwargs)
 
         handle.controller._build = build
         history = _run(model, "dream", cfg_scale=0.0)

@@ -12,6 +12,7 @@ from sparse_diffusion import (
     ops,
     reference,
 )
+from sparse_diffusion.attention_call import AttentionCall
 from sparse_diffusion.controller import SparseController
 from sparse_diffusion.interception import SDPAInterceptor, block_pattern
 from sparse_diffusion.planning import plan_block_mask
@@ -126,7 +127,7 @@ def test_tile_patterns_with_per_sample_padding_need_tile_aligned_padding(valid, 
         table = controller.last_masks["attn"].to_dense()
         assert not bool(table[1, :, :, 5].any()) and torch.equal(table[0], table[0] & _block_causal(6, 2)[0])
     else:
-        assert dict(controller.passthrough) == {"attn: explicit attn_mask (not aligned to 16x16 tiles)": 1}
+        assert dict(controller.passthrough) == {("attn", "explicit attn_mask (not aligned to 16x16 tiles)"): 1}
 
 
 def test_sparsed_selection_runs_key_padded_calls_dense_and_says_so():
@@ -135,7 +136,7 @@ def test_sparsed_selection_runs_key_padded_calls_dense_and_says_so():
     controller.begin_forward(900.0, None)
     q, k, v = torch.randn(2, 2, 64, 16), torch.randn(2, 2, 60, 16), torch.randn(2, 2, 60, 16)
     dense = torch.zeros(2, 2, 64, 16)
-    assert controller.attention("attn", q, k, v, None, lambda: dense, seq_lens_k=(60, 50)) is dense
+    assert controller.attention(AttentionCall("attn", q, k, v, None, lambda: dense, seq_lens_k=(60, 50))) is dense
     (reason,) = controller.stats["attn"].fallbacks
     assert "build failed, ran dense: sparsed_selection does not support masked attention" in reason
 

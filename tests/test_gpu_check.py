@@ -1,5 +1,5 @@
 """`scripts/gpu_check.sh --dry-run`: the prepared GPU run, on CPU in Triton's interpreter with tiny shapes and
-diffusers made unimportable (the GPU machine has none), so a lent GPU is never wasted on a broken script (issue 13)."""
+so a lent GPU is never wasted on a broken script (issue 13)."""
 
 import json
 import os

@@ -38,15 +38,15 @@ def tiny():
 
 def _spy_plans(monkeypatch) -> list:
     """(Sq, dense token ranges) of every plan the controller builds."""
-    import sparse_diffusion.controller as controller_module
+    import sparse_diffusion.plans as plans_module
 
-    planned, original = [], controller_module.plan_block_mask
+    planned, original = [], plans_module.plan_block_mask
 
     def spy(block_mass, config, seq_lengths, **kwargs):
         planned.append((seq_lengths[0], tuple(kwargs.get("dense_token_ranges", ()))))
         return original(block_mass, config, seq_lengths, **kwargs)
 
-    monkeypatch.setattr(controller_module, "plan_block_mask", spy)
+    monkeypatch.setattr(plans_module, "plan_block_mask", spy)
     return planned
 
 

@@ -162,18 +162,18 @@ def test_text_tokens_sit_where_the_adapter_says(pipes, family):
 
 @pytest.mark.parametrize("family", ["sd3", "qwenimage"])
 def test_joint_text_tokens_are_dense_rows_and_columns(pipes, family, monkeypatch):
-    import sparse_diffusion.controller as controller_module
+    import sparse_diffusion.plans as plans_module
 
     pipe, _ = pipes[family]
     image_tokens, text_lens, _ = LAYOUT[family]
     planned = []  # (seq_len, dense token ranges) of every plan
-    original = controller_module.plan_block_mask
+    original = plans_module.plan_block_mask
 
     def spy(block_mass, config, seq_lengths, **kwargs):
         planned.append((seq_lengths[0], list(kwargs.get("dense_token_ranges", ()))))
         return original(block_mass, config, seq_lengths, **kwargs)
 
-    monkeypatch.setattr(controller_module, "plan_block_mask", spy)
+    monkeypatch.setattr(plans_module, "plan_block_mask", spy)
     with accelerate_pipeline(pipe, dense_steps=1, block_size=BLOCK, policy="topk", topk_ratio=0.1) as handle:
         _run(pipe, family)
         masks = handle.masks()
@@ -231,17 +231,17 @@ def test_qwenimage_prompts_of_different_lengths_run_sparse(pipes, monkeypatch):
     """A batch of prompts with different text lengths keeps `encoder_hidden_states_mask`: the padded text sits before
     the 64 image tokens, so each joint call is rotated (text behind the image, padding at the end) and runs with
     per-sample key lengths; the planned text rows/columns follow the rotation."""
-    import sparse_diffusion.controller as controller_module
+    import sparse_diffusion.plans as plans_module
 
     pipe, _ = pipes["qwenimage"]
-    planned, original = [], controller_module.plan_block_mask
+    planned, original = [], plans_module.plan_block_mask
 
     def spy(block_mass, config, seq_lengths, **kwargs):
         lens = kwargs["seq_lens_k"]
         planned.append((tuple(seq_lengths), kwargs["dense_token_ranges"], None if lens is None else lens.tolist()))
         return original(block_mass, config, seq_lengths, **kwargs)
 
-    monkeypatch.setattr(controller_module, "plan_block_mask", spy)
+    monkeypatch.setattr(plans_module, "plan_block_mask", spy)
     prompts = ["a red circle", "a blue square moving left"]  # 3 + 5 and 5 + 5 text tokens; padded to 10
     kwargs = dict(true_cfg_scale=1.0, height=128, width=128, num_inference_steps=STEPS, output_type="np")
 

@@ -9,6 +9,7 @@ from pipeline_helpers import run_pipeline, spy_attention
 
 from sparse_diffusion import SparseAttentionConfig, SparseDiffusionError, accelerate_model, accelerate_pipeline
 from sparse_diffusion.api import count_denoising_steps
+from sparse_diffusion.attention_call import AttentionCall
 from sparse_diffusion.hooks import ATTENTION_HOOK, DENOISER_HOOK
 from sparse_diffusion.testing import (
     build_tiny_cogvideox_pipeline,
@@ -510,12 +511,12 @@ class _ToyDenoiser(torch.nn.Module):
 
 
 def _record_layout(controller) -> list:
-    """Keyword arguments (call index, seq_lens_k, rotation) of every call the controller serves."""
+    """Every `AttentionCall` the controller serves (call index, seq_lens_k, rotation, ...)."""
     seen, original = [], controller.attention
 
-    def attention(*args, **kwargs):
-        seen.append(kwargs)
-        return original(*args, **kwargs)
+    def attention(call):
+        seen.append(call)
+        return original(call)
 
     controller.attention = attention
     return seen
@@ -556,7 +557,7 @@ def test_key_padding_masks_run_sparse_with_per_sample_lengths(text_first):
             mask = handle.masks()["attn"]
         assert report["passthrough"] == [] and report["calls"] == {"dense": 0, "build": 1, "sparse": 3, "fallback": 0}
         assert mask.seq_lengths == (110, 100), "padded keys moved to the end and cut to the longest valid length"
-        assert {(kw["seq_lens_k"], kw["rotation"]) for kw in seen} == {(seq_lens, 20 if text_first else 0)}
+        assert {(call.seq_lens_k, call.rotation) for call in seen} == {(seq_lens, 20 if text_first else 0)}
         for a, b in zip(outs, baseline):
             assert float((a - b).abs().max()) < 1e-5
     table = mask.to_dense()  # per-sample lengths 100 and 93: key block 6 (96..99) is past the second sample's keys
@@ -581,7 +582,7 @@ def test_other_masks_pass_through():
     with torch.no_grad(), SDPAInterceptor(controller, "attn"):
         out = toy(x, mask)
     assert torch.equal(out, baseline) and dict(controller.passthrough) == {
-        "attn: explicit attn_mask (not aligned to 16x16 tiles)": 1
+        ("attn", "explicit attn_mask (not aligned to 16x16 tiles)"): 1
     }
 
 
@@ -593,7 +594,7 @@ def test_forced_backend_without_seq_lens_k_support_runs_dense_and_says_so():
     controller.begin_forward(900.0, None)  # step 0 of 4 with one warm-up step: the build step
     q, k, v = torch.randn(2, 2, 64, 16), torch.randn(2, 2, 60, 16), torch.randn(2, 2, 60, 16)
     dense = torch.zeros(2, 2, 64, 16)
-    out = controller.attention("attn", q, k, v, None, lambda: dense, seq_lens_k=(60, 50))
+    out = controller.attention(AttentionCall("attn", q, k, v, None, lambda: dense, seq_lens_k=(60, 50)))
     assert out is dense and controller.stats["attn"].calls == {"fallback": 1}
     (reason,) = controller.stats["attn"].fallbacks
     assert "build failed, ran dense" in reason and "seq_lens_k" in reason

@@ -108,7 +108,7 @@ def test_only_adapters_declaring_query_suffix_serve_non_square_calls():
     expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     generic = _controller(False)
     assert torch.equal(_intercepted(generic, q, k, v), expected)
-    assert dict(generic.passthrough) == {"attn: cross-attention (Sq != Sk)": 1}
+    assert dict(generic.passthrough) == {("attn", "cross-attention (Sq != Sk)"): 1}
 
     prefix = _controller(
         True, policy="topk", topk_ratio=0.1, keep_generated_tokens=False, cache_complement=True, refresh_threshold=0.0
@@ -127,13 +127,13 @@ def test_only_adapters_declaring_query_suffix_serve_non_square_calls():
         _intercepted(more_queries, k.repeat(1, 2, 1, 1), q[:, :2], q[:, :2]),
         F.scaled_dot_product_attention(k.repeat(1, 2, 1, 1), q[:, :2], q[:, :2], enable_gqa=True),
     )
-    assert dict(more_queries.passthrough) == {"attn: cross-attention (Sq != Sk)": 1}
+    assert dict(more_queries.passthrough) == {("attn", "cross-attention (Sq != Sk)"): 1}
     cut = _controller(True)  # a mask leaving fewer keys than queries: the queries cannot be the last keys
     short = (torch.arange(SK) < 40)[None, None, None, :]
     assert torch.equal(
         _intercepted(cut, q, k, v, short), F.scaled_dot_product_attention(q, k, v, attn_mask=short, enable_gqa=True)
     )
-    assert dict(cut.passthrough) == {"attn: prefix attention with fewer keys than queries (Sq=45, Sk=40)": 1}
+    assert dict(cut.passthrough) == {("attn", "prefix attention with fewer keys than queries (Sq=45, Sk=40)"): 1}
 
 
 def test_prefix_masks_are_honoured_only_as_exact_tile_patterns():
@@ -152,7 +152,7 @@ def test_prefix_masks_are_honoured_only_as_exact_tile_patterns():
     controller = _controller(True)
     out = _intercepted(controller, q, k, v, band)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, attn_mask=band, enable_gqa=True))
-    assert dict(controller.passthrough) == {"attn: explicit attn_mask (not aligned to 16x16 tiles)": 1}
+    assert dict(controller.passthrough) == {("attn", "explicit attn_mask (not aligned to 16x16 tiles)"): 1}
 
     aligned = torch.ones(1, 1, SQ, SK, dtype=torch.bool)
     aligned[..., 16:32, 0:16] = False  # query block 1 may not see key block 0: a tile pattern
