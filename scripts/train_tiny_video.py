@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from jsonl_log import JsonlLog as Log  # scripts/ is on sys.path when a script runs
 
-from sparse_diffusion.cli import _positive_int, _wan_frames  # the CLI's argparse types
+from sparse_diffusion.cli.args import positive_int, wan_frames
 
 
 SHIFT = 3.0
@@ -51,21 +51,21 @@ def parse_args():
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument(
-        "--vae-base-dim", type=_positive_int, default=8, help="AutoencoderKLWan base_dim (channels of its first level)"
+        "--vae-base-dim", type=positive_int, default=8, help="AutoencoderKLWan base_dim (channels of its first level)"
     )
     p.add_argument(
-        "--z-dim", type=_positive_int, default=8, help="latent channels of the VAE (and of the transformer's patches)"
+        "--z-dim", type=positive_int, default=8, help="latent channels of the VAE (and of the transformer's patches)"
     )
     p.add_argument("--resume-vae", action="store_true", help="reuse OUT/work/vae from an earlier run")
     p.add_argument("--vae-only", action="store_true", help="stop after the VAE stage (resume with --resume-vae)")
     p.add_argument("--vae-init", type=Path, help="continue VAE training from this saved VAE folder")
     p.add_argument(
         "--vae-frames",
-        type=_wan_frames,
+        type=wan_frames,
         default=33,
         help="frames per VAE training clip (4k+1; 33 = the demo's length)",
     )
-    p.add_argument("--vae-batch", type=_positive_int, default=2, help="clips per VAE training step")
+    p.add_argument("--vae-batch", type=positive_int, default=2, help="clips per VAE training step")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="peak VAE learning rate")
     p.add_argument(
         "--decoder-only",

@@ -43,8 +43,9 @@ class SparseController:
     Args:
         config: the `SparseAttentionConfig`.
         layer_names: accelerated self-attention module names in hook order (indices of `dense_layers` refer to it).
-        total_steps_fn, restart_on_timestep_increase, increasing_timesteps, step_per_forward: the step schedule's
-            (`schedule.StepSchedule`).
+        total_steps_fn: the current call's step count (None if unknown), read once per call.
+        schedule_options: `restart_on_timestep_increase`, `increasing_timesteps`, `step_per_forward` of
+            `schedule.StepSchedule`.
         text_position: where joint-attention text tokens sit in the self-attention sequence: `"first"`, `"last"` or
             `None` (no text tokens); their count comes from `begin_forward`.
         query_is_key_suffix: calls with Sq < Sk are prefix attention, their queries being the last Sq keys
@@ -56,24 +57,17 @@ class SparseController:
         config: SparseAttentionConfig,
         layer_names: list[str],
         total_steps_fn: Callable[[], int | None],
-        restart_on_timestep_increase: bool = False,
+        *,
         text_position: str | None = None,
-        increasing_timesteps: bool = False,
-        step_per_forward: bool = False,
         query_is_key_suffix: bool = False,
+        **schedule_options: bool,
     ) -> None:
         self.config = config
         self.query_is_key_suffix = query_is_key_suffix
         self.text_position = text_position
         self.layer_names = list(layer_names)
         self.dense_layer_names = self._resolve_dense_layers(config.dense_layers)
-        self.schedule = StepSchedule(
-            config,
-            total_steps_fn,
-            restart_on_timestep_increase=restart_on_timestep_increase,
-            increasing_timesteps=increasing_timesteps,
-            step_per_forward=step_per_forward,
-        )
+        self.schedule = StepSchedule(config, total_steps_fn, **schedule_options)
         self.plans: dict[tuple, planner.LayerPlan] = {}
         self.stats: dict[str, LayerStats] = defaultdict(LayerStats)
         self.passthrough: Counter = Counter()  # (layer, reason) -> calls passed through unchanged
@@ -118,17 +112,12 @@ class SparseController:
         self.schedule.begin_call(total_steps, prompt_length)
         self._drop_plans()
 
-    def begin_forward(
-        self,
-        timestep: float | None,
-        context_name: str | None,
-        text_len: int = 0,
-        grid: tuple[int, int, int] | None = None,
-    ) -> None:
+    def begin_forward(self, timestep: float | None, context: str | None, text_len: int = 0, grid=None) -> None:
         """Called before every denoiser forward with the (max) timestep value of that forward (None in
-        `step_per_forward` mode), the joint text length and the latent token grid (F', H', W') when known."""
+        `step_per_forward` mode), its cache context name, the joint text length and the latent token grid (F', H',
+        W') when known (`StepSchedule.begin_forward`)."""
         self._resolve_checks()  # a forward that ended without end_forward (an exception in between)
-        if self.schedule.begin_forward(timestep, context_name, text_len, grid):
+        if self.schedule.begin_forward(timestep, context, text_len, grid):
             self._drop_plans()
 
     def end_forward(self) -> None:
@@ -167,9 +156,7 @@ class SparseController:
             return Phase.BUILD, "no plan for this context"
         if plan.geometry != geometry:
             return Phase.BUILD, "input geometry changed"
-        if (plan.allowed is None) != (allowed is None) or (
-            allowed is not None and not torch.equal(plan.allowed, allowed)
-        ):
+        if not _same_tiles(plan.allowed, allowed):
             return Phase.BUILD, "attention mask changed"
         if plan.refresh:
             return Phase.BUILD, "kept-mass estimate below refresh_threshold"
@@ -369,3 +356,7 @@ class SparseController:
             "no F.scaled_dot_product_attention call seen (a non-native attention backend or custom processor); ran "
             "unchanged"
         ] += 1
+
+
+def _same_tiles(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))

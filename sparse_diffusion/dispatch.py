@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable, TypeVar
 
 import torch
 
@@ -23,6 +25,7 @@ from .kernels.cpu import launch as cpu_kernel
 
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -203,14 +206,12 @@ def run(
     """
     while True:
         name = choose(call, backend)
-        try:
-            return REGISTRY[name].forward(call.q, k, v, mask, scale, seq_lens_k, call.need_lse)
-        except SparseDiffusionError:
-            raise
-        except Exception as exc:
-            if name == "reference" and not backend_health.is_memory_error(exc):
-                raise
-            kernel_failed(name, exc, forced=backend != "auto", what=f"q {tuple(call.q.shape)} {call.q.dtype}")
+        impl = REGISTRY[name]
+        result = _attempt(
+            name, backend, call, partial(impl.forward, call.q, k, v, mask, scale, seq_lens_k, call.need_lse)
+        )
+        if result is not None:
+            return result
 
 
 def run_build(
@@ -238,15 +239,25 @@ def run_build(
             if backend == "auto":
                 continue
             raise SparseDiffusionError(f"backend {name!r} cannot serve this call: {'; '.join(why)}.")
-        try:
-            return impl.build(call.q, k, v, block_size, scale, seq_lens_k, allowed)
-        except SparseDiffusionError:
-            raise
-        except Exception as exc:
-            if name == "reference" and not backend_health.is_memory_error(exc):
-                raise
-            kernel_failed(name, exc, forced=backend != "auto", what=f"q {tuple(call.q.shape)} {call.q.dtype}")
+        built = _attempt(
+            name, backend, call, partial(impl.build, call.q, k, v, block_size, scale, seq_lens_k, allowed)
+        )
+        if built is not None:
+            return built
     return Backend().build(call.q, k, v, block_size, scale, seq_lens_k, allowed)
+
+
+def _attempt(name: str, backend: str, call: SparseCall, serve: Callable[[], _T]) -> _T | None:
+    """`serve()` on backend `name`; None when its kernel failed and `auto` goes on (`kernel_failed`)."""
+    try:
+        return serve()
+    except SparseDiffusionError:
+        raise
+    except Exception as exc:
+        if name == "reference" and not backend_health.is_memory_error(exc):
+            raise
+        kernel_failed(name, exc, forced=backend != "auto", what=f"q {tuple(call.q.shape)} {call.q.dtype}")
+        return None
 
 
 def kernel_failed(name: str, exc: Exception, *, forced: bool, what: str) -> None:

@@ -334,9 +334,9 @@ def test_cuda_device_without_cuda_is_an_argparse_error(capsys):
     ],
 )
 def test_bad_values_exit_cleanly_before_loading(argv, message, capsys, monkeypatch):
-    import sparse_diffusion.cli as cli
+    import sparse_diffusion.cli.output as output
 
-    monkeypatch.setattr(cli, "_prepare_cpu_kernel", lambda: pytest.fail("kernel prepared before validation"))
+    monkeypatch.setattr(output, "prepare_cpu_kernel", lambda: pytest.fail("kernel prepared before validation"))
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "steps must be" not in err
@@ -345,19 +345,19 @@ def test_bad_values_exit_cleanly_before_loading(argv, message, capsys, monkeypat
 def test_kernel_note_only_when_not_built(capsys, monkeypatch):
     from sparse_diffusion.kernels.cpu import launch as cpu_kernel
 
-    import sparse_diffusion.cli as cli
+    from sparse_diffusion.cli.output import prepare_cpu_kernel
 
     monkeypatch.setattr(cpu_kernel, "build_error", lambda: None)
     monkeypatch.setattr(cpu_kernel, "is_built", lambda: True)
-    cli._prepare_cpu_kernel()
+    prepare_cpu_kernel()
     assert capsys.readouterr().out == ""
     monkeypatch.setattr(cpu_kernel, "is_built", lambda: False)
-    cli._prepare_cpu_kernel()
+    prepare_cpu_kernel()
     assert "compiled on first use" in capsys.readouterr().out
 
 
 def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
-    from sparse_diffusion.cli import _print_paired
+    from sparse_diffusion.cli.output import print_paired
 
     report = {
         "model": "m",
@@ -382,7 +382,7 @@ def test_paired_summary_names_replans_and_fallbacks(capsys, tmp_path):
         "timing_note": "n",
         "files": ["report.json"],
     }
-    _print_paired(report, tmp_path)
+    print_paired(report, tmp_path)
     out = capsys.readouterr().out
     assert "+ 1 ran dense\n" in out and "see report.json fallbacks" not in out
     assert (
@@ -395,13 +395,14 @@ def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
     """The trained demo scores both clips with `shapes.check_prompt`; the summary prints the verdicts."""
     import torch
 
-    from sparse_diffusion.cli import _print_paired, _prompt_judge
+    from sparse_diffusion.cli.demo import prompt_judge
+    from sparse_diffusion.cli.output import print_paired
     from sparse_diffusion.testing import shapes
 
-    assert _prompt_judge("a dog on a beach") is None
+    assert prompt_judge("a dog on a beach") is None
     spec = shapes.random_spec(torch.Generator().manual_seed(0))
     clip = shapes.render(spec, 33, 64, 64).permute(1, 2, 3, 0).numpy()
-    judge = _prompt_judge(spec.prompt)
+    judge = prompt_judge(spec.prompt)
     forward, backward = judge(clip), judge(clip[::-1].copy())
     assert forward["follows_prompt"] and forward["moved_along"] == pytest.approx(spec.travel, abs=0.02)
     assert not backward["follows_prompt"] and backward["moved_along"] < 0
@@ -421,8 +422,8 @@ def test_demo_judges_clips_against_a_shapes_prompt(capsys, tmp_path):
         "files": ["report.json"],
         "judged": {"dense": forward, "sparse": backward},
     }
-    _print_paired(report, tmp_path)
+    print_paired(report, tmp_path)
     out = capsys.readouterr().out
     assert f"dense clip vs its prompt: {spec.colour} colour match 1.00" in out and out.count("follows it") == 1
-    assert _prompt_judge("a red circle moving left, then up") is None  # two directions: not judged
+    assert prompt_judge("a red circle moving left, then up") is None  # two directions: not judged
     assert "sparse clip vs its prompt" in out and "does not follow it" in out

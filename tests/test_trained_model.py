@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparse_diffusion import accelerate_pipeline
-from sparse_diffusion.cli import DEMO_CONFIG
+from sparse_diffusion.cli.presets import DEMO_CONFIG
 from sparse_diffusion.metrics import compare_videos
 from sparse_diffusion.testing import TRAINED_WAN_WEIGHTS, load_trained_tiny_wan_pipeline
 
