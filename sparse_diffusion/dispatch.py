@@ -47,8 +47,8 @@ class Backend:
     def not_supported_reasons(self, call: SparseCall) -> list[str]:
         return []
 
-    def build_reasons(self, call: SparseCall, allowed: bool) -> list[str]:
-        """Why `build` cannot serve (the chunked PyTorch pass serves every call)."""
+    def build_reasons(self, allowed: bool) -> list[str]:
+        """Why `build` cannot serve beyond `not_supported_reasons` (the chunked PyTorch pass serves every call)."""
         return []
 
     @property
@@ -76,9 +76,8 @@ class Triton(Backend):
             return [f"Triton kernels unavailable ({exc})"]
         return launch.not_supported_reasons(call.q, call.block_size)
 
-    def build_reasons(self, call, allowed):
-        why = self.not_supported_reasons(call)
-        return why + ["no tile-table (allowed) input; use backend='auto'"] if allowed else why
+    def build_reasons(self, allowed):
+        return ["no tile-table (allowed) input; use backend='auto'"] if allowed else []
 
     def forward(self, q, k, v, mask, scale, seq_lens_k, need_lse):
         from .kernels.triton import launch
@@ -231,10 +230,8 @@ def run_build(
     names = _AUTO_BUILD_ORDER.get(call.q.device.type, ()) if backend == "auto" else (backend,)
     for name in names:
         impl = REGISTRY[name]
-        why = impl.build_reasons(call, allowed is not None)
-        failed = backend_health.disabled_reason(name) if impl.fused_build else None
-        if failed:
-            why = [f"disabled after it failed on this machine: {failed}"]
+        # a backend without a fused pass lends nothing of its own to the build: its reasons do not apply
+        why = (reasons(name, call) if impl.fused_build else []) + impl.build_reasons(allowed is not None)
         if why:
             if backend == "auto":
                 continue
@@ -244,7 +241,7 @@ def run_build(
         )
         if built is not None:
             return built
-    return Backend().build(call.q, k, v, block_size, scale, seq_lens_k, allowed)
+    return backends.chunked_dense_with_stats(call.q, k, v, block_size, scale, seq_lens_k, allowed)
 
 
 def _attempt(name: str, backend: str, call: SparseCall, serve: Callable[[], _T]) -> _T | None:
